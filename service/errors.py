@@ -1,0 +1,78 @@
+"""Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, for every endpoint.
+
+Validation failures keep FastAPI's 422 status and its `detail` list (tools written against plain FastAPI read it), and
+add OpenAI's `error` object naming the offending parameter, so the OpenAI SDK raises a readable error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+
+logger = logging.getLogger(__name__)
+
+
+def openai_error(
+    message: str, param: str | None = None, code: str | None = None, type_: str = "invalid_request_error"
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_content(exc: BaseException) -> dict[str, Any]:
+    """The error body for any exception: an HTTPException keeps its message, anything else is a plain 500."""
+    if isinstance(exc, StarletteHTTPException):
+        if isinstance(exc.detail, dict) and "error" in exc.detail:
+            return exc.detail
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return openai_error(str(exc.detail), None, None, kind)
+    logger.error("internal error: %r", exc)
+    return openai_error("internal error", None, "internal_error", "server_error")
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN and infinities (which strict JSON cannot carry) by their names.
+
+    FastAPI's own handler echoes such an input back and fails with a 500.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _param(loc: Any) -> str:
+    # FastAPI locations start with "body"; drop it and join the rest: "pixels.1.2", "max_tokens".
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming the parameter, in OpenAI's shape plus FastAPI's `detail`."""
+    assert isinstance(exc, RequestValidationError)
+    errors = _json_safe(jsonable_encoder(exc.errors()))
+    param = _param(errors[0].get("loc", ())) if errors else "body"
+    message = "; ".join(f"{_param(e.get('loc', ()))}: {e.get('msg', '')}" for e in errors) or "invalid request"
+    body = openai_error(message, param, "invalid_value")
+    body["detail"] = errors
+    return JSONResponse(status_code=422, content=body)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(status_code=exc.status_code, content=error_content(exc), headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)

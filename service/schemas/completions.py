@@ -1,0 +1,211 @@
+"""Wire schemas of the GPT endpoints: OpenAI completions, embeddings, models, and tokenize/detokenize.
+
+Limits live here (`Field(ge=, le=)`), so a bad value is a 4xx naming the parameter before anything reaches a batch.
+Unknown parameters are ignored, as OpenAI-compatible servers do.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Hard caps that hold whatever the model: the model's context bounds prompt + max_tokens at admission.
+MAX_PROMPTS = 16
+MAX_N = 8
+MAX_PROMPT_CHARS = 32_768
+MAX_STOP = 4
+MAX_LOGPROBS = 5
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class CompletionRequest(_Lenient):
+    model: str | None = Field(default=None, description="Model id from /v1/models; the GPT when omitted.")
+    prompt: str | list[str] = Field(description="A prompt, or a list of prompts (one choice set per prompt).")
+    max_tokens: int = Field(default=16, ge=1, le=4096, description="New tokens per choice (bounded by the context).")
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, le=1000, description="0 means no top-k cut (extension, as in vLLM).")
+    stop: str | list[str] | None = Field(default=None, description="Stop strings, matched on text, not returned.")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, v: str | list[str]) -> str | list[str]:
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts:
+            raise ValueError("prompt must not be an empty list")
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+        if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
+            raise ValueError(f"a prompt is longer than {MAX_PROMPT_CHARS} characters")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @property
+    def stops(self) -> list[str]:
+        return list(self.stop or [])
+
+
+class Logprobs(BaseModel):
+    """OpenAI's legacy completions logprobs: parallel lists, one entry per token."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: Logprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+def completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"
+
+
+class Completion(BaseModel):
+    """Both the full answer and each streamed chunk (OpenAI uses the same object for both)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tinyserve"
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeRequest(_Lenient):
+    model: str | None = None
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] = Field(description="Each token's text, leading spaces included.")
+
+
+class DetokenizeRequest(_Lenient):
+    model: str | None = None
+    tokens: list[int] = Field(max_length=65_536)
+
+    @field_validator("tokens")
+    @classmethod
+    def _non_negative(cls, v: list[int]) -> list[int]:
+        if any(t < 0 for t in v):
+            raise ValueError("token ids must be >= 0")
+        return v
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class EmbeddingRequest(_Lenient):
+    model: str | None = None
+    input: str | list[str] = Field(description="A text or a list of texts (at most 64).")
+    encoding_format: Literal["float"] = "float"
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _check_input(cls, v: str | list[str]) -> str | list[str]:
+        texts = [v] if isinstance(v, str) else v
+        if not texts:
+            raise ValueError("input must not be an empty list")
+        if len(texts) > 64:
+            raise ValueError("at most 64 inputs per request")
+        if any(len(t) > MAX_PROMPT_CHARS for t in texts):
+            raise ValueError(f"an input is longer than {MAX_PROMPT_CHARS} characters")
+        return v
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float]
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,112 @@
+"""One LitServer for every API, and a serve() that shuts the whole process tree down on SIGTERM."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+from types import FrameType
+
+import litserve as ls
+
+from service import metrics
+from service.classify import ClassifyAPI
+from service.completions import CompletionsSpec
+from service.embeddings import EmbeddingsAPI
+from service.errors import install_error_handlers
+from service.gpt_worker import GPTAPI
+from service.settings import Settings
+
+
+def build_apis(settings: Settings) -> list[ls.LitAPI]:
+    """Every API the server hosts, each with its own path, queue, workers and batching."""
+    return [
+        ClassifyAPI(
+            settings.pixels_dir,
+            max_batch_size=settings.classify_max_batch_size,
+            batch_timeout=settings.classify_batch_timeout,
+        ),
+        GPTAPI(settings, spec=CompletionsSpec(settings)),
+        EmbeddingsAPI(settings),
+    ]
+
+
+def workers_per_device(settings: Settings, apis: list[ls.LitAPI]) -> dict[str, int]:
+    """Worker processes per device for each API path (LitServe defaults a missing path to 1)."""
+    counts = {"/v1/classify": settings.classify_workers}
+    return {api.api_path: counts[api.api_path] for api in apis if api.api_path in counts}
+
+
+def build_server(settings: Settings) -> ls.LitServer:
+    """The LitServer for all APIs, plus GET /metrics; nothing runs until `run()`."""
+    apis = build_apis(settings)
+    server = ls.LitServer(
+        apis,
+        accelerator=settings.accelerator,
+        workers_per_device=workers_per_device(settings, apis),
+        timeout=settings.request_timeout,
+        max_payload_size=settings.max_payload_size,  # an int: LitServe's string form fails every request
+        fast_queue=settings.fast_queue,
+    )
+    # How long uvicorn lets in-flight requests finish when the server stops (LitServe's default is 30 s,
+    # longer than `docker stop` waits before its SIGKILL).
+    server.uvicorn_graceful_timeout = settings.shutdown_grace_seconds
+    # A plain route, not a mounted app: a mount answers /metrics with a 307 to /metrics/.
+    server.app.add_api_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
+    install_error_handlers(server.app)
+    return server
+
+
+def _install_sigterm_handler(server: ls.LitServer) -> None:
+    """Make SIGTERM stop the server as Ctrl+C does: LitServe alone leaves its processes running on SIGTERM."""
+    main_pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != main_pid:
+            # A forked API server that has not yet put uvicorn's own handler in place: just die.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        # Once running, LitServe's main thread waits on this manager event and then shuts down in order
+        # (HTTP servers drain, then workers stop). It is set from another thread because the main thread is
+        # blocked inside a call on the same manager connection.
+        event = getattr(server, "_shutdown_event", None)
+        if event is None:
+            raise KeyboardInterrupt  # still starting up: abort; serve() stops whatever was started
+        threading.Thread(target=event.set, name="sigterm-shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _stop_children(grace: float) -> None:
+    """Terminate, then kill, any child still alive: a failed start-up skips LitServe's own cleanup."""
+    children = mp.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(grace)
+        if child.is_alive():
+            child.kill()
+            child.join(1.0)
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until SIGTERM or Ctrl+C; every process it started is gone on return."""
+    metrics.clear_samples()
+    server = build_server(settings)
+    _install_sigterm_handler(server)
+    try:
+        server.run(
+            host=settings.host,
+            port=settings.port,
+            num_api_servers=settings.api_servers,
+            log_level=settings.log_level,
+            generate_client_file=False,
+            loop=settings.http_loop,
+            access_log=settings.access_log,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _stop_children(grace=5.0)
+        metrics.remove_samples_dir()

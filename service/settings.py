@@ -1,0 +1,91 @@
+"""All server settings in one place, read from TINYSERVE_* environment variables; bad values fail at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import DirectoryPath, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+import model
+
+# Weights ship inside the `model` package: defaults resolve there, not against the working directory.
+WEIGHTS_DIR = Path(model.__file__).resolve().parent / "weights"
+
+
+class Settings(BaseSettings):
+    """Server settings; each field `name` is read from the environment variable `TINYSERVE_NAME`."""
+
+    model_config = SettingsConfigDict(env_prefix="TINYSERVE_", validate_default=True, extra="ignore")
+
+    # LitServe binds only these three addresses and refuses anything else.
+    host: Literal["127.0.0.1", "0.0.0.0", "::"] = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8000, ge=1024, le=65535, description="TCP port (LitServe refuses ports below 1024)")
+    pixels_dir: DirectoryPath = Field(
+        default=WEIGHTS_DIR / "pixels",
+        description="folder with the classifier's model.safetensors and config.json",
+    )
+    gpt_dir: Path = Field(
+        default=WEIGHTS_DIR / "gpt", description="folder with the GPT's weights, config and tokenizer"
+    )
+
+    classify_max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="most classify requests run as one batch (1 turns batching off)",
+    )
+    classify_batch_timeout: float = Field(
+        default=0.001, ge=0.0, le=1.0, description="seconds a worker waits to fill a classify batch"
+    )
+    classify_workers: int = Field(default=1, ge=1, le=64, description="classifier worker processes per device")
+
+    gpt_model_id: str = Field(default="tinyserve-gpt", min_length=1, description="the GPT's id in /v1/models")
+    pixels_model_id: str = Field(
+        default="tinyserve-pixels", min_length=1, description="the classifier's id in /v1/models"
+    )
+    gpt_max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        le=512,
+        description="most sequences the engine decodes together (continuous batching)",
+    )
+    embeddings_max_batch_size: int = Field(
+        default=8, ge=1, le=256, description="most embeddings requests run as one padded forward pass"
+    )
+    embeddings_batch_timeout: float = Field(
+        default=0.005, ge=0.0, le=1.0, description="seconds a worker waits to fill an embeddings batch"
+    )
+    torch_threads: int = Field(
+        default=2, ge=1, le=256, description="torch threads in each GPT worker process (CPU only)"
+    )
+
+    api_servers: int = Field(default=1, ge=1, le=64, description="HTTP server processes (LitServe num_api_servers)")
+    accelerator: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        default="auto", description="device for the models: auto picks CUDA when present, else CPU"
+    )
+    fast_queue: bool = Field(default=False, description="ZeroMQ instead of manager queues for responses")
+    http_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto", description="uvicorn's event loop (auto: uvloop when installed)"
+    )
+    access_log: bool = Field(default=False, description="uvicorn's per-request access log (costs throughput)")
+    request_timeout: float = Field(
+        default=30.0, gt=0.0, le=3600.0, description="seconds a request may wait in the queue before a 504"
+    )
+    max_payload_size: int = Field(
+        default=1_048_576, ge=1024, le=1_073_741_824, description="largest request body in bytes (413 above)"
+    )
+    shutdown_grace_seconds: float = Field(
+        default=5.0, ge=0.0, le=300.0, description="seconds HTTP servers get to finish requests on shutdown"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="log level of the server and uvicorn"
+    )
+
+    @model_validator(mode="after")
+    def _batch_timeout_below_request_timeout(self) -> Self:
+        # LitServe requires it: a batch that may wait longer than a request may wait would time requests out.
+        if self.classify_batch_timeout >= self.request_timeout:
+            raise ValueError("classify_batch_timeout must be below request_timeout")
+        return self

@@ -1,0 +1,57 @@
+"""Incremental detokenization: whole UTF-8 characters only, stop strings matched across token boundaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from model.gpt import train_tokenizer
+from service.textstream import TextStream
+
+
+@pytest.fixture(scope="module")
+def tok():
+    # A tiny byte-level BPE trained here: no shipped weights needed.
+    return train_tokenizer(["the cat sat on the mat. " * 50, "to be or not to be. " * 50], vocab_size=300)
+
+
+def run(tok, text: str, stops: list[str]) -> tuple[list[str], TextStream]:
+    stream = TextStream(tok, stops)
+    deltas = [stream.push(t) for t in tok.encode(text, add_special_tokens=False)]
+    if not stream.stopped:
+        deltas.append(stream.finish())
+    return deltas, stream
+
+
+def test_deltas_rebuild_the_text_exactly(tok):
+    text = "the cat sat on the mat, naïve café 🐈 to be"
+    deltas, stream = run(tok, text, [])
+    assert "".join(deltas) == text == stream.text
+
+
+def test_never_splits_a_utf8_character(tok):
+    # The emoji is 4 bytes, several byte-level tokens with this vocabulary: no delta may hold a partial character.
+    text = "a🐈b€c"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) > len(text)  # the multi-byte characters really span tokens
+    deltas, _ = run(tok, text, [])
+    assert all("\ufffd" not in d for d in deltas)
+    assert "".join(deltas) == text
+
+
+def test_stop_string_across_token_boundaries_is_cut_and_not_returned(tok):
+    deltas, stream = run(tok, "the cat sat on the mat", ["sat on"])
+    assert stream.stopped
+    assert "".join(deltas) == "the cat "
+
+
+def test_text_that_may_start_a_stop_string_is_held_back_then_released(tok):
+    stream = TextStream(tok, ["mat!"])
+    out = "".join(stream.push(t) for t in tok.encode("the mat", add_special_tokens=False))
+    assert not out.endswith("mat")  # could still become "mat!"
+    out += stream.finish()
+    assert out == "the mat"
+
+
+def test_earliest_of_several_stops_wins(tok):
+    deltas, stream = run(tok, "to be or not to be", ["not", "or"])
+    assert "".join(deltas) == "to be "
