@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine clean distclean
+.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve clean distclean
 
 .venv: $(STAMP)
 
@@ -44,6 +44,9 @@ train-gpt: $(STAMP)
 
 bench-engine: $(STAMP)
 	$(BIN)/python -m bench.engine
+
+bench-serve: $(STAMP)
+	$(BIN)/python -m bench.serve
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -29,7 +29,7 @@ from transformers import GPT2Config, PreTrainedTokenizerFast
 from model.engine import SamplingParams
 from model.gpt import decode, eot_id, load_tokenizer
 from service.errors import error_content, openai_error
-from service.gpt_worker import CANCEL, sampling_payload
+from service.gpt_worker import CANCEL, FANOUT_UID, sampling_payload
 from service.schemas.completions import (
     Completion,
     CompletionChoice,
@@ -75,11 +75,13 @@ class CompletionsSpec(LitSpec):
         self.context_length = 0
         self.vocab_size = 0
         self.created = int(time.time())
+        self._fanout: asyncio.Task[None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # The worker never tokenizes; keep the tokenizer out of the pickle that spawns it.
         state = super().__getstate__()
         state["_tok"] = None
+        state["_fanout"] = None
         return state
 
     @property
@@ -174,7 +176,27 @@ class CompletionsSpec(LitSpec):
             )
         return ids
 
+    def _ensure_fanout(self) -> None:
+        """Start, once per API-server process, the task that spreads each step's message over the requests."""
+        if self._fanout is None or self._fanout.done():
+            self.response_buffer[FANOUT_UID] = ResponseBufferItem(response_queue=deque(), event=asyncio.Event())
+            self._fanout = asyncio.create_task(self._fan_out(self.response_buffer[FANOUT_UID]))
+
+    async def _fan_out(self, inbox: ResponseBufferItem) -> None:
+        assert inbox.response_queue is not None
+        while True:
+            await inbox.event.wait()
+            inbox.event.clear()
+            while inbox.response_queue:
+                box, _ = inbox.response_queue.popleft()
+                for uid, data, status in box:
+                    target = self.response_buffer.get(uid)
+                    if target is not None and target.response_queue is not None:
+                        target.response_queue.append((data, status))
+                        target.event.set()
+
     def _submit(self, prompt_ids: list[int], params: SamplingParams) -> str:
+        self._ensure_fanout()
         uid = str(uuid.uuid4())
         self.response_buffer[uid] = ResponseBufferItem(response_queue=deque(), event=asyncio.Event())
         self.request_queue.put((self.response_queue_id, uid, time.monotonic(), sampling_payload(prompt_ids, params)))
@@ -248,18 +270,37 @@ class CompletionsSpec(LitSpec):
             c.uid = self._submit(c.prompt_ids, c.params)
         model = body.model or self.settings.gpt_model_id
         cid = completion_id()
+        deadline = min(self.settings.request_deadline_seconds, body.timeout or float("inf"))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                self._stream(cid, model, choices, include_usage),
+                self._stream(cid, model, choices, include_usage, deadline),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+        work: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(self._collect(c) for c in choices)))
+        # Starlette cancels only streaming handlers when the client goes away: watch for it here too.
+        gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(request))
         try:
-            await asyncio.gather(*(self._collect(c) for c in choices))
+            await asyncio.wait([work, gone], timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                if gone.done():
+                    return JSONResponse(status_code=499, content=openai_error("client closed the request"))
+                return JSONResponse(
+                    status_code=504,
+                    content=openai_error(
+                        f"the request took longer than its deadline of {deadline:g} s",
+                        "timeout",
+                        "deadline_exceeded",
+                        "server_error",
+                    ),
+                )
+            work.result()
         except HTTPException as exc:
             return JSONResponse(status_code=exc.status_code, content=error_content(exc))
         finally:
+            gone.cancel()
             self._release(choices)
         return Completion(
             id=cid,
@@ -295,7 +336,9 @@ class CompletionsSpec(LitSpec):
                 self._cancel(c.uid)
             self.response_buffer.pop(c.uid, None)
 
-    async def _stream(self, cid: str, model: str, choices: list[Choice], include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(
+        self, cid: str, model: str, choices: list[Choice], include_usage: bool, deadline: float
+    ) -> AsyncIterator[str]:
         def chunk(c: Choice, text: str, finish: FinishReason | None, logprobs: Logprobs | None = None) -> str:
             body = Completion(
                 id=cid,
@@ -322,8 +365,23 @@ class CompletionsSpec(LitSpec):
                 if c.echo:  # the prompt comes first
                     yield chunk(c, c.echo, None)
             open_choices = len(choices)
+            ends_at = time.monotonic() + deadline
             while open_choices:
-                c, msg = await merged.get()
+                try:
+                    c, msg = await asyncio.wait_for(merged.get(), ends_at - time.monotonic())
+                except TimeoutError:
+                    late = HTTPException(
+                        504,
+                        openai_error(
+                            f"the request took longer than its deadline of {deadline:g} s",
+                            "timeout",
+                            "deadline_exceeded",
+                            "server_error",
+                        ),
+                    )
+                    yield f"data: {json.dumps(error_content(late))}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
                 if isinstance(msg, BaseException):
                     yield f"data: {json.dumps(error_content(msg))}\n\n"
                     yield "data: [DONE]\n\n"
@@ -362,6 +420,12 @@ class CompletionsSpec(LitSpec):
             for t in tasks:
                 t.cancel()
             self._release(choices)
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone away."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
 
 
 def _unpickle_error(data: Any) -> BaseException:

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 # Payload of a control item that cancels the request with the same uid (see CompletionsSpec).
 CANCEL = {"cancel": True}
+# The response-buffer key under which each API server receives a whole step's token messages at once.
+FANOUT_UID = "tinyserve-gpt-step"
 
 
 def token_message(ev: TokenEvent) -> dict[str, Any]:
@@ -137,38 +139,20 @@ class EngineLoop(ContinuousBatchingLoop):
             self._last_token.clear()
             return
         self._record(events, step_start, lit_api.engine)
+        # One message per API server per step, not one per token: each send is a round trip through LitServe's
+        # manager queue, which at batch 32 cost more than the decode step itself.
+        outbox: dict[int, list[tuple[str, Any, LitAPIStatus]]] = {}
         for ev in events:
             queue_id = self.response_queue_ids.get(ev.request_id)
             if queue_id is None:
                 continue
-            if ev.token_id is not None:
-                self.put_response(
-                    transport,
-                    queue_id,
-                    ev.request_id,
-                    token_message(ev),
-                    LitAPIStatus.OK,
-                    LoopResponseType.STREAMING,
-                )
+            box = outbox.setdefault(queue_id, [])
+            box.append((ev.request_id, token_message(ev), LitAPIStatus.OK))
             if ev.finish_reason is not None:
-                if ev.token_id is None:  # cancelled: the API server may still listen
-                    self.put_response(
-                        transport,
-                        queue_id,
-                        ev.request_id,
-                        token_message(ev),
-                        LitAPIStatus.OK,
-                        LoopResponseType.STREAMING,
-                    )
-                self.put_response(
-                    transport,
-                    queue_id,
-                    ev.request_id,
-                    "",
-                    LitAPIStatus.FINISH_STREAMING,
-                    LoopResponseType.STREAMING,
-                )
+                box.append((ev.request_id, "", LitAPIStatus.FINISH_STREAMING))
                 self.mark_completed(ev.request_id)
+        for queue_id, box in outbox.items():
+            self.put_response(transport, queue_id, FANOUT_UID, box, LitAPIStatus.OK, LoopResponseType.STREAMING)
 
     def _record(self, events: list[TokenEvent], step_start: float, engine: Engine) -> None:
         """Metrics of one step, aggregated here so each step costs a handful of metric updates."""

@@ -109,6 +109,14 @@ GPT_QUEUE_TIME = Histogram(
 )
 
 
+REJECTED = Counter(
+    "tinyserve_requests_rejected",
+    "Requests refused before reaching a model, by path and reason (overloaded, unauthorized).",
+    ["path", "reason"],
+    registry=None,
+)
+
+
 def metrics_endpoint() -> Response:
     """GET /metrics: the samples of every live and past process of this server, in Prometheus text format."""
     registry = CollectorRegistry()

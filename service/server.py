@@ -9,6 +9,7 @@ import threading
 from types import FrameType
 
 import litserve as ls
+from fastapi.middleware.cors import CORSMiddleware
 
 from service import metrics
 from service.classify import ClassifyAPI
@@ -16,6 +17,8 @@ from service.completions import CompletionsSpec
 from service.embeddings import EmbeddingsAPI
 from service.errors import install_error_handlers
 from service.gpt_worker import GPTAPI
+from service.guards import Guard
+from service.playground import add_playground
 from service.settings import Settings
 
 
@@ -39,7 +42,7 @@ def workers_per_device(settings: Settings, apis: list[ls.LitAPI]) -> dict[str, i
 
 
 def build_server(settings: Settings) -> ls.LitServer:
-    """The LitServer for all APIs, plus GET /metrics; nothing runs until `run()`."""
+    """The LitServer for all APIs, plus GET /metrics and the playground at GET /; nothing runs until `run()`."""
     apis = build_apis(settings)
     server = ls.LitServer(
         apis,
@@ -54,7 +57,13 @@ def build_server(settings: Settings) -> ls.LitServer:
     server.uvicorn_graceful_timeout = settings.shutdown_grace_seconds
     # A plain route, not a mounted app: a mount answers /metrics with a 307 to /metrics/.
     server.app.add_api_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
+    add_playground(server.app, settings.pixels_dir)  # GET / becomes the playground page
     install_error_handlers(server.app)
+    server.app.add_middleware(Guard, settings=settings)
+    if settings.cors_origins:  # closed unless origins are configured
+        server.app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
     return server
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import DirectoryPath, Field, model_validator
+from pydantic import DirectoryPath, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import model
@@ -59,6 +59,32 @@ class Settings(BaseSettings):
     )
     torch_threads: int = Field(
         default=2, ge=1, le=256, description="torch threads in each GPT worker process (CPU only)"
+    )
+
+    gpt_max_waiting: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="completions beyond gpt_max_batch_size an API server accepts before answering 503",
+    )
+    embeddings_max_inflight: int = Field(
+        default=64, ge=1, le=100_000, description="embeddings requests in flight per API server before 503"
+    )
+    classify_max_inflight: int = Field(
+        default=512, ge=1, le=100_000, description="classify requests in flight per API server before 503"
+    )
+    request_deadline_seconds: float = Field(
+        default=300.0,
+        gt=0.0,
+        le=86_400.0,
+        description="total time a completion may take; a request's own `timeout` can only lower it",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="when set, /v1/* requires `Authorization: Bearer <key>` (401 otherwise)"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='origins allowed by CORS, as JSON (e.g. ["https://a.example"]); none by default',
     )
 
     api_servers: int = Field(default=1, ge=1, le=64, description="HTTP server processes (LitServe num_api_servers)")

@@ -43,6 +43,12 @@ class CompletionRequest(_Lenient):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    timeout: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=86_400.0,
+        description="Seconds this request may take in all (extension); it can only lower the server's deadline.",
+    )
 
     @field_validator("prompt")
     @classmethod

@@ -1,0 +1,60 @@
+# tinyserve image: the installed package (weights included) in a venv, run as a non-root user.
+#
+# Everything is installed from a wheelhouse made on the host (`make wheels`: the project's own wheel in wheels/app/,
+# every dependency in wheels/), with --no-index: the build needs no package index, and the torch build is the one the
+# host chose (the CPU wheel by default; a CUDA one for a GPU image, see README.md "Deployment").
+#
+#   make wheels && docker build -t tinyserve .
+#   docker build --build-arg BASE_IMAGE=tinyserve-base:bookworm -t tinyserve .   # a local base, no registry
+#
+# The base must provide python3 (3.11, the wheelhouse's ABI) with the venv module; builder and runtime use the same
+# base so the venv's interpreter path is valid in both.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+RUN python3 -m venv /opt/venv
+# Dependencies first, in their own layer: they change far less often than the project wheel.
+COPY wheels/*.whl /wheels/
+# Every wheel in the folder is a dependency of the project (or httpx, for the loadtest target below). The
+# wheelhouse fixes every version, so there is nothing to pin here.
+# hadolint ignore=DL3013
+RUN /opt/venv/bin/pip install --no-index --find-links /wheels /wheels/*.whl \
+ && /opt/venv/bin/pip install --no-index --find-links /wheels --target /opt/loadtest-libs httpx
+COPY wheels/app/*.whl /wheels/app/
+RUN /opt/venv/bin/pip install --no-index --find-links /wheels /wheels/app/*.whl \
+ && /opt/venv/bin/python -c "import service.server"
+
+FROM ${BASE_IMAGE} AS runtime
+# HF_HOME and the metrics directory live under /tmp: the root filesystem may be mounted read-only (Kubernetes),
+# and /tmp is then an emptyDir. PYTHONDONTWRITEBYTECODE: pip already compiled the venv; nothing to write at run time.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HOME=/tmp/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TINYSERVE_HOST=0.0.0.0 \
+    TINYSERVE_PORT=8000
+RUN groupadd --system --gid 10001 tinyserve \
+ && useradd --system --uid 10001 --gid tinyserve --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tinyserve
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8000
+# /health is 503 until every worker has loaded its model: start-period covers loading on a slow machine.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD ["python", "-m", "service.healthcheck"]
+# Exec form: the server is PID 1 and receives docker stop's SIGTERM itself; it drains (TINYSERVE_SHUTDOWN_GRACE_SECONDS,
+# 5 s by default) and exits 0 well within the 10 s before docker's SIGKILL.
+STOPSIGNAL SIGTERM
+CMD ["tinyserve"]
+
+# `docker build --target loadtest`: the runtime image plus httpx and bench/, for compose's loadtest profile.
+FROM runtime AS loadtest
+COPY --from=builder /opt/loadtest-libs /opt/loadtest-libs
+COPY bench/ /app/bench/
+ENV PYTHONPATH=/opt/loadtest-libs
+CMD ["python", "-m", "bench.loadgen", "--help"]
+
+# The default target (the last stage): the server.
+FROM runtime

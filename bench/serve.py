@@ -1,0 +1,152 @@
+"""`make bench-serve`: streamed completions through HTTP vs the raw engine, at the same concurrency, in one run.
+
+The server runs as `python -m service` on a free loopback port; the client is `bench.loadgen` (closed loop, streaming,
+vLLM's definitions). The raw engine runs in this process with the same model, prompt, threads and batch limit, as a
+closed loop of the same size: its figures are the ceiling the server is measured against. A report, never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from bench.loadgen import LoadConfig, _stats, run_load
+from model.engine import Engine, SamplingParams
+from model.gpt import eot_id, load_gpt, load_tokenizer
+
+PROMPT_SOURCE = (
+    "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. Arise, fair "
+    "sun, and kill the envious moon, who is already sick and pale with grief that thou her maid art far more fair."
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """`python -m service` on loopback, healthy on entry, stopped by SIGTERM on exit."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env, "TINYSERVE_HOST": "127.0.0.1", "TINYSERVE_PORT": str(self.port)}
+
+    def __enter__(self) -> Server:
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        self.__exit__()
+        raise RuntimeError("server not healthy after 180 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def raw_engine(engine: Engine, prompt_ids: list[int], params: SamplingParams, concurrency: int, n: int) -> dict[str, Any]:
+    """A closed loop of `concurrency` sequences straight on the engine: output tokens/s and TTFT."""
+    submitted, active, tokens = 0, 0, 0
+    added: dict[str, float] = {}
+    ttft: list[float] = []
+    t0 = time.perf_counter()
+    while submitted < n or engine.has_work():
+        while active < concurrency and submitted < n:
+            rid = f"r{submitted}"
+            engine.add_request(rid, prompt_ids, params)
+            added[rid] = time.perf_counter()
+            submitted += 1
+            active += 1
+        for ev in engine.step():
+            if ev.token_id is not None:
+                tokens += 1
+                if ev.request_id in added:
+                    ttft.append(time.perf_counter() - added.pop(ev.request_id))
+            if ev.finish_reason is not None:
+                active -= 1
+    wall = time.perf_counter() - t0
+    return {"output_throughput": tokens / wall, "ttft_s": _stats(ttft), "output_tokens": tokens}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--requests-per-slot", type=int, default=3, help="requests per level = this x concurrency (min 8)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    torch.set_num_threads(args.threads)
+
+    tok = load_tokenizer()
+    prompt_ids = tok.encode(PROMPT_SOURCE, add_special_tokens=False)[: args.prompt_tokens]
+    prompt = tok.decode(prompt_ids)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop_token_ids=(eot_id(tok),))
+    sizes = {c: max(8, args.requests_per_slot * c) for c in levels}
+    batch = max(levels)
+
+    results: dict[int, dict[str, Any]] = {}
+    env = {"TINYSERVE_GPT_MAX_BATCH_SIZE": str(batch), "TINYSERVE_TORCH_THREADS": str(args.threads)}
+    with Server(env) as server:
+        for c in levels:
+            cfg = LoadConfig(url=server.url, concurrency=c, num_requests=sizes[c], prompts=[prompt],
+                             max_tokens=args.max_tokens, temperature=0.0, warmup=2)
+            results[c] = {"server": asyncio.run(run_load(cfg))}
+            print(f"server c={c}: {results[c]['server']['output_throughput']:.0f} tok/s", flush=True)
+
+    engine = Engine(load_gpt(), max_batch_size=batch)
+    raw_engine(engine, prompt_ids, params, 1, 2)  # warm-up
+    for c in levels:
+        results[c]["engine"] = raw_engine(engine, prompt_ids, params, c, sizes[c])
+        print(f"engine c={c}: {results[c]['engine']['output_throughput']:.0f} tok/s", flush=True)
+
+    print()
+    print(f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy, {args.threads} torch threads, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}")
+    print()
+    print("| concurrency | server tok/s | raw engine tok/s | server / engine | server TTFT p50 ms | TTFT p99 ms "
+          "| engine TTFT p50 ms | failures |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in levels:
+        s, e = results[c]["server"], results[c]["engine"]
+        print(f"| {c} | {s['output_throughput']:,.0f} | {e['output_throughput']:,.0f} "
+              f"| {s['output_throughput'] / e['output_throughput']:.2f} | {s['ttft_s']['median'] * 1e3:.1f} "
+              f"| {s['ttft_s']['p99'] * 1e3:.1f} | {e['ttft_s']['median'] * 1e3:.1f} | {sum(s['failures'].values())} |")
+    lo, hi = min(levels), max(levels)
+    ratio = results[hi]["server"]["ttft_s"]["median"] / results[lo]["server"]["ttft_s"]["median"]
+    print()
+    print(f"server TTFT p50 at c={hi} / at c={lo}: {ratio:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({str(c): r for c, r in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""What stands in front of every endpoint: the optional API key and the bounded number of requests in flight.
+
+A pure ASGI middleware (not BaseHTTPMiddleware, which would buffer streamed responses): a request over its path's
+limit is answered 503 with Retry-After at once, in OpenAI's error shape, so a client backs off instead of queueing
+without bound. Limits count requests of one API-server process; with N API servers the server holds N times as many.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections import defaultdict
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service import metrics
+from service.errors import openai_error
+from service.settings import Settings
+
+# Paths that need the API key when one is set; /health, /metrics and the playground stay open.
+PROTECTED_PREFIX = "/v1/"
+
+
+async def _reply(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+            + headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self.expected = f"Bearer {key}".encode() if key else b""
+        self.limits = {
+            "/v1/completions": settings.gpt_max_batch_size + settings.gpt_max_waiting,
+            "/v1/embeddings": settings.embeddings_max_inflight,
+            "/v1/classify": settings.classify_max_inflight,
+        }
+        self.inflight: defaultdict[str, int] = defaultdict(int)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if self.expected and path.startswith(PROTECTED_PREFIX):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            # Constant-time comparison: the time taken must not tell how much of a guess was right.
+            if not hmac.compare_digest(given, self.expected):
+                metrics.REJECTED.labels(path, "unauthorized").inc()
+                await _reply(
+                    send,
+                    401,
+                    openai_error(
+                        "missing or wrong API key (Authorization: Bearer …)",
+                        None,
+                        "invalid_api_key",
+                        "authentication_error",
+                    ),
+                    [(b"www-authenticate", b"Bearer")],
+                )
+                return
+        limit = self.limits.get(path)
+        if limit is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.inflight[path] >= limit:
+            metrics.REJECTED.labels(path, "overloaded").inc()
+            await _reply(
+                send,
+                503,
+                openai_error(
+                    f"server busy: {limit} requests in flight on {path}; retry shortly",
+                    None,
+                    "overloaded",
+                    "server_error",
+                ),
+                [(b"retry-after", b"1")],
+            )
+            return
+        self.inflight[path] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight[path] -= 1

@@ -1,0 +1,542 @@
+// tinyserve playground. Plain browser JavaScript with no library and no build step: the page needs nothing but
+// this server, so it works on a machine without internet access.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+
+  // ---- helpers ----------------------------------------------------------------------------------------------
+
+  // Append `text` to `parent` with its whitespace made visible: a token's leading space is part of the token, and
+  // a chip that showed nothing would hide it.
+  function appendVisible(parent, text) {
+    if (text === "") {
+      parent.append(wsSpan("\u2205")); // empty set: a token with no text of its own (part of a character)
+      return;
+    }
+    let plain = "";
+    const flush = () => {
+      if (plain) parent.append(document.createTextNode(plain));
+      plain = "";
+    };
+    for (const ch of text) {
+      const shown = { " ": "\u00b7", "\n": "\u21b5", "\t": "\u2192", "\r": "\u240d" }[ch];
+      if (shown) {
+        flush();
+        parent.append(wsSpan(shown));
+      } else {
+        plain += ch;
+      }
+    }
+    flush();
+  }
+
+  function wsSpan(symbol) {
+    const span = document.createElement("span");
+    span.className = "ws";
+    span.textContent = symbol;
+    return span;
+  }
+
+  // How a screen reader should say a token: the visible dots and arrows would be read as punctuation.
+  function spoken(token) {
+    return token.replace(/\n/g, " new line ").replace(/\t/g, " tab ").replace(/^ /, "space ").trim() || "empty";
+  }
+
+  function percent(p) {
+    if (p >= 0.9995) return "100%";
+    if (p < 0.001) return "<0.1%";
+    return `${(p * 100).toFixed(p < 0.1 ? 1 : 0)}%`;
+  }
+
+  function errorMessage(data, response) {
+    if (data && data.error && data.error.message) return data.error.message;
+    if (data && Array.isArray(data.detail) && data.detail[0]) return data.detail[0].msg;
+    return `HTTP ${response.status} ${response.statusText}`;
+  }
+
+  async function postJSON(url, body, signal) {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal,
+    });
+    const data = await response.json().catch(() => null);
+    if (!response.ok) throw new Error(errorMessage(data, response));
+    return data;
+  }
+
+  function bar(fraction) {
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.width = `${Math.max(0, Math.min(1, fraction)) * 100}%`;
+    track.append(fill);
+    return track;
+  }
+
+  function srOnly(text) {
+    const span = document.createElement("span");
+    span.className = "sr-only";
+    span.textContent = text;
+    return span;
+  }
+
+  // ---- the model --------------------------------------------------------------------------------------------
+
+  let contextLength = 256;
+
+  async function loadModelInfo() {
+    try {
+      const response = await fetch("/v1/models");
+      const models = await response.json();
+      const gpt = models.data.find((m) => m.max_model_len);
+      if (!gpt) return;
+      contextLength = gpt.max_model_len;
+      $("model-info").textContent =
+        `${gpt.id}: a context of ${contextLength} tokens. ` +
+        "A 3\u00d73-pixel classifier beside it. Served by LitServe.";
+      $("max_tokens").max = String(contextLength - 1);
+    } catch {
+      // The page still works with the defaults; the completion request reports any real problem.
+    }
+  }
+
+  // ---- completion -------------------------------------------------------------------------------------------
+
+  const output = $("output");
+  const form = $("complete-form");
+  const generateButton = $("generate");
+  const stopButton = $("stop");
+  const status = $("gen-status");
+
+  let steps = []; // one per generated token: {token, logprob, top: [[token, logprob], ...]}
+  let pinned = -1; // the chip chosen by click or focus; -1 shows the newest token
+  let hovered = -1; // the chip under the mouse: new tokens must not pull the panel away from it
+  let controller = null;
+
+  for (const id of ["temperature", "top_p"]) {
+    const input = $(id);
+    const out = $(`${id}-out`);
+    input.addEventListener("input", () => {
+      out.textContent = input.value;
+    });
+  }
+
+  function requestBody() {
+    const body = {
+      prompt: $("prompt").value,
+      max_tokens: Number($("max_tokens").value),
+      temperature: Number($("temperature").value),
+      top_p: Number($("top_p").value),
+      top_k: Number($("top_k").value),
+      logprobs: 5,
+      stream: true,
+      stream_options: { include_usage: true },
+    };
+    const seed = $("seed").value.trim();
+    if (seed !== "") body.seed = Number(seed);
+    return body;
+  }
+
+  function resetOutput(prompt) {
+    steps = [];
+    pinned = -1;
+    hovered = -1;
+    output.replaceChildren();
+    const promptSpan = document.createElement("span");
+    promptSpan.className = "prompt-text";
+    promptSpan.textContent = prompt;
+    output.append(promptSpan);
+    showProbs(-1);
+  }
+
+  function addStep(token, logprob, top) {
+    const index = steps.length;
+    const entries = Object.entries(top || {}).sort((a, b) => b[1] - a[1]);
+    steps.push({ token, logprob, top: entries });
+    const p = logprob == null ? null : Math.exp(logprob);
+    const chip = document.createElement("button");
+    chip.type = "button";
+    chip.className = "chip gen";
+    chip.dataset.step = String(index);
+    // Roving tabindex: one Tab stop for the whole output; the arrow keys move between tokens.
+    chip.tabIndex = index === 0 ? 0 : -1;
+    if (p != null) chip.style.setProperty("--p", p.toFixed(3));
+    chip.setAttribute("aria-label", `Token ${index + 1}: ${spoken(token)}${p == null ? "" : `, ${percent(p)}`}`);
+    appendVisible(chip, token);
+    output.append(chip);
+    if (token.includes("\n")) output.append(document.createElement("br"));
+    if (pinned < 0 && hovered < 0) showProbs(index);
+  }
+
+  function markActive(index) {
+    for (const chip of output.querySelectorAll(".chip.active")) {
+      chip.classList.remove("active");
+      chip.removeAttribute("aria-current");
+    }
+    const chip = output.querySelector(`.chip[data-step="${index}"]`);
+    if (chip) {
+      chip.classList.add("active");
+      chip.setAttribute("aria-current", "true");
+    }
+  }
+
+  function showProbs(index) {
+    const caption = $("probs-caption");
+    const list = $("probs-bars");
+    list.replaceChildren();
+    markActive(index);
+    const step = steps[index];
+    if (!step) {
+      caption.textContent = "Hover, focus or tap a token.";
+      $("probs").dataset.step = "";
+      return;
+    }
+    $("probs").dataset.step = String(index);
+    caption.replaceChildren(`Step ${index + 1}: the model chose `);
+    const chosen = document.createElement("span");
+    chosen.className = "tok";
+    appendVisible(chosen, step.token);
+    caption.append(chosen, srOnly(` (${spoken(step.token)})`));
+    if (step.logprob != null) caption.append(` at ${percent(Math.exp(step.logprob))}.`);
+    const inTop = step.top.some(([token]) => token === step.token);
+    for (const [token, logprob] of step.top) {
+      const p = Math.exp(logprob);
+      const item = document.createElement("li");
+      item.className = "bar-row";
+      if (token === step.token) item.classList.add("chosen");
+      const label = document.createElement("span");
+      label.className = "tok";
+      appendVisible(label, token);
+      const value = document.createElement("span");
+      value.className = "value";
+      value.textContent = percent(p);
+      item.append(label, srOnly(` ${spoken(token)}: `), bar(p), value);
+      if (token === step.token) item.append(srOnly(" (chosen)"));
+      list.append(item);
+    }
+    if (!inTop && step.top.length) {
+      caption.append(" A sampled token outside the top five.");
+    }
+  }
+
+  function chipIndex(target) {
+    const chip = target.closest ? target.closest(".chip.gen") : null;
+    return chip ? Number(chip.dataset.step) : -1;
+  }
+
+  output.addEventListener("mouseover", (event) => {
+    const index = chipIndex(event.target);
+    if (index < 0) return;
+    hovered = index;
+    showProbs(index);
+  });
+  output.addEventListener("mouseleave", () => {
+    hovered = -1;
+    showProbs(pinned >= 0 ? pinned : steps.length - 1);
+  });
+  output.addEventListener("focusin", (event) => {
+    const index = chipIndex(event.target);
+    if (index < 0) return;
+    for (const chip of output.querySelectorAll(".chip.gen")) chip.tabIndex = -1;
+    event.target.tabIndex = 0;
+    pinned = index;
+    showProbs(index);
+  });
+  // A tap on a phone: click also focuses the chip in most browsers, but not in all (Safari), so pin here as well.
+  output.addEventListener("click", (event) => {
+    const index = chipIndex(event.target);
+    if (index < 0) return;
+    pinned = index;
+    showProbs(index);
+  });
+  output.addEventListener("keydown", (event) => {
+    const index = chipIndex(event.target);
+    if (index < 0) return;
+    const last = steps.length - 1;
+    const next = { ArrowRight: index + 1, ArrowDown: index + 1, ArrowLeft: index - 1, ArrowUp: index - 1,
+      Home: 0, End: last }[event.key];
+    if (next === undefined) return;
+    event.preventDefault();
+    const chip = output.querySelector(`.chip[data-step="${Math.max(0, Math.min(last, next))}"]`);
+    if (chip) chip.focus();
+  });
+
+  function setRunning(running) {
+    generateButton.disabled = running;
+    stopButton.disabled = !running;
+    output.setAttribute("aria-busy", running ? "true" : "false");
+  }
+
+  // Server-sent events arrive in arbitrary slices of the byte stream; an event ends at a blank line.
+  async function* sseData(body) {
+    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = event
+          .split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (data) yield data;
+      }
+    }
+  }
+
+  async function generate() {
+    if (controller) return;
+    const body = requestBody();
+    resetOutput(body.prompt);
+    controller = new AbortController();
+    setRunning(true);
+    output.dataset.state = "streaming";
+    status.textContent = "Generating\u2026";
+    let finish = null;
+    let firstTokenAt = 0;
+    let usage = null;
+    const started = performance.now();
+    try {
+      const response = await fetch("/v1/completions", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+        signal: controller.signal,
+      });
+      if (!response.ok) {
+        const data = await response.json().catch(() => null);
+        throw new Error(errorMessage(data, response));
+      }
+      for await (const data of sseData(response.body)) {
+        if (data === "[DONE]") break;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        if (chunk.usage) usage = chunk.usage;
+        for (const choice of chunk.choices || []) {
+          const lp = choice.logprobs;
+          if (lp && lp.tokens.length) {
+            if (!firstTokenAt) firstTokenAt = performance.now();
+            lp.tokens.forEach((token, k) => addStep(token, lp.token_logprobs[k], lp.top_logprobs[k]));
+          }
+          if (choice.finish_reason) finish = choice.finish_reason;
+        }
+      }
+      output.dataset.state = "done";
+      const seconds = (performance.now() - (firstTokenAt || started)) / 1000;
+      const rate = steps.length > 1 && seconds > 0 ? `, ${(steps.length / seconds).toFixed(0)} tokens/s` : "";
+      const why = { length: "reached max tokens", stop: "the model ended the text" }[finish] || finish || "done";
+      const prompt = usage ? ` after a ${usage.prompt_tokens}-token prompt` : "";
+      status.textContent = `${steps.length} tokens${prompt}${rate}; ${why}.`;
+    } catch (error) {
+      if (error.name === "AbortError") {
+        output.dataset.state = "stopped";
+        status.textContent = `Stopped after ${steps.length} tokens.`;
+      } else {
+        output.dataset.state = "error";
+        status.textContent = `Error: ${error.message}`;
+      }
+    } finally {
+      controller = null;
+      setRunning(false);
+    }
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    generate();
+  });
+  stopButton.addEventListener("click", () => {
+    if (controller) controller.abort();
+  });
+  // Ctrl+Enter (Cmd+Enter) in the prompt generates, as in most chat boxes.
+  $("prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+
+  // ---- tokenizer --------------------------------------------------------------------------------------------
+
+  let tokenizeSeq = 0;
+  let tokenizeTimer = 0;
+
+  async function tokenize() {
+    const seq = ++tokenizeSeq;
+    const prompt = $("prompt").value;
+    const list = $("tok-chips");
+    const count = $("tok-count");
+    try {
+      const data = await postJSON("/v1/tokenize", { prompt });
+      if (seq !== tokenizeSeq) return; // a newer edit has already been sent; drop this stale answer
+      list.replaceChildren();
+      data.tokens.forEach((id, k) => {
+        const chip = document.createElement("span");
+        chip.className = "chip tok-chip";
+        chip.setAttribute("role", "listitem");
+        const text = document.createElement("span");
+        text.className = "tok";
+        text.setAttribute("aria-hidden", "true");
+        appendVisible(text, data.token_strs[k]);
+        const idLabel = document.createElement("small");
+        idLabel.className = "id";
+        idLabel.textContent = String(id);
+        chip.append(text, srOnly(`${spoken(data.token_strs[k])}, id `), idLabel);
+        list.append(chip);
+        if (data.token_strs[k].includes("\n")) list.append(document.createElement("br"));
+      });
+      count.textContent = `${data.count} of ${data.max_model_len} tokens.`;
+      count.classList.remove("error");
+      // The browser then refuses a max_tokens that would overflow the context, naming the limit.
+      $("max_tokens").max = String(Math.max(1, data.max_model_len - Math.max(1, data.count)));
+    } catch (error) {
+      if (seq !== tokenizeSeq) return;
+      count.textContent = `Error: ${error.message}`;
+      count.classList.add("error");
+    }
+  }
+
+  $("prompt").addEventListener("input", () => {
+    clearTimeout(tokenizeTimer);
+    tokenizeTimer = setTimeout(tokenize, 200); // one request per pause in typing, not one per key
+  });
+
+  // ---- pixel pad --------------------------------------------------------------------------------------------
+
+  const BLACK = -1;
+  const GREY = 0;
+  const WHITE = 1;
+  const NAMES = { [BLACK]: "black", [GREY]: "grey", [WHITE]: "white" };
+  const NEXT = { [BLACK]: GREY, [GREY]: WHITE, [WHITE]: BLACK };
+  const pixels = new Array(9).fill(BLACK);
+  const padButtons = [];
+  const symbolPatterns = new Map(); // name -> 3 rows of 3 pixels, from /static/symbols.json
+  const symbolRows = new Map(); // name -> its <li> in the result list
+  let classifySeq = 0;
+
+  function renderPad() {
+    pixels.forEach((value, i) => {
+      const button = padButtons[i];
+      button.dataset.value = String(value);
+      button.setAttribute("aria-label", `Row ${Math.floor(i / 3) + 1}, column ${(i % 3) + 1}: ${NAMES[value]}`);
+    });
+  }
+
+  function buildPad() {
+    const pad = $("pad");
+    for (let i = 0; i < 9; i++) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "pixel";
+      button.dataset.index = String(i);
+      button.addEventListener("click", () => {
+        pixels[i] = NEXT[pixels[i]];
+        renderPad();
+        classify();
+      });
+      padButtons.push(button);
+      pad.append(button);
+    }
+    renderPad();
+  }
+
+  function miniSymbol(name) {
+    const mini = document.createElement("button");
+    mini.type = "button";
+    mini.className = "mini";
+    mini.setAttribute("aria-label", `Draw ${name} on the pad`);
+    const pattern = symbolPatterns.get(name);
+    if (pattern) {
+      for (const value of pattern.flat()) {
+        const cell = document.createElement("span");
+        cell.dataset.value = String(value);
+        mini.append(cell);
+      }
+      mini.addEventListener("click", () => {
+        pattern.flat().forEach((value, i) => {
+          pixels[i] = value;
+        });
+        renderPad();
+        classify();
+      });
+    } else {
+      mini.disabled = true;
+    }
+    return mini;
+  }
+
+  function symbolRow(name) {
+    let row = symbolRows.get(name);
+    if (row) return row;
+    row = document.createElement("li");
+    row.className = "bar-row symbol-row";
+    row.dataset.symbol = name;
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = name;
+    const value = document.createElement("span");
+    value.className = "value";
+    row.append(miniSymbol(name), label, bar(0), value);
+    $("pixel-bars").append(row);
+    symbolRows.set(name, row);
+    return row;
+  }
+
+  async function classify() {
+    const seq = ++classifySeq;
+    const grid = [pixels.slice(0, 3), pixels.slice(3, 6), pixels.slice(6, 9)];
+    const result = $("pixel-symbol");
+    try {
+      const data = await postJSON("/v1/classify", { pixels: grid });
+      if (seq !== classifySeq) return; // the pad changed while this was in flight
+      for (const [name, p] of Object.entries(data.probabilities)) {
+        const row = symbolRow(name);
+        row.querySelector(".fill").style.width = `${p * 100}%`;
+        row.querySelector(".value").textContent = percent(p);
+        row.classList.toggle("best", name === data.symbol);
+      }
+      result.textContent = data.symbol;
+      result.dataset.symbol = data.symbol;
+      result.classList.remove("error");
+    } catch (error) {
+      if (seq !== classifySeq) return;
+      result.textContent = `an error: ${error.message}`;
+      result.dataset.symbol = "";
+      result.classList.add("error");
+    }
+  }
+
+  async function loadSymbols() {
+    try {
+      const data = await (await fetch("/static/symbols.json")).json();
+      for (const symbol of data.symbols) {
+        if (symbol.pixels) symbolPatterns.set(symbol.name, symbol.pixels);
+        symbolRow(symbol.name); // the classifier's own order, before the first answer arrives
+      }
+    } catch {
+      // Without the drawings the bars still work; the names then come from the first answer.
+    }
+  }
+
+  $("pad-clear").addEventListener("click", () => {
+    pixels.fill(BLACK);
+    renderPad();
+    classify();
+  });
+
+  // ---- start ------------------------------------------------------------------------------------------------
+
+  buildPad();
+  loadModelInfo();
+  tokenize();
+  loadSymbols().then(classify);
+})();
