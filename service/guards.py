@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import multiprocessing as mp
 from collections import defaultdict
 from typing import Any
 
@@ -20,6 +21,30 @@ from service.settings import Settings
 
 # Paths that need the API key when one is set; /health, /metrics and the playground stay open.
 PROTECTED_PREFIX = "/v1/"
+# Paths still answered normally while draining: a scraper should see the shutdown happen.
+ALWAYS_OPEN = ("/metrics", "/metrics/")
+
+
+class Drain:
+    """Shutdown state shared by the forked API servers: a draining flag, and the requests in flight in all of them.
+
+    Made in the main process before LitServe forks its HTTP servers, so every copy points at the same memory.
+    """
+
+    def __init__(self) -> None:
+        self.draining = mp.Value("b", 0)
+        self.inflight = mp.Value("i", 0)
+
+    def start(self) -> None:
+        self.draining.value = 1
+
+    @property
+    def active(self) -> bool:
+        return bool(self.draining.value)
+
+    def add(self, n: int) -> None:
+        with self.inflight.get_lock():
+            self.inflight.value += n
 
 
 async def _reply(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
@@ -36,8 +61,9 @@ async def _reply(send: Send, status: int, body: dict[str, Any], headers: list[tu
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, drain: Drain) -> None:
         self.app = app
+        self.drain = drain
         key = settings.api_key.get_secret_value() if settings.api_key else ""
         self.expected = f"Bearer {key}".encode() if key else b""
         self.limits = {
@@ -52,6 +78,26 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        if path in ALWAYS_OPEN:
+            await self.app(scope, receive, send)
+            return
+        if self.drain.active:
+            # SIGTERM: health says so (the orchestrator stops routing here) and new work goes elsewhere.
+            metrics.REJECTED.labels(path, "shutting_down").inc()
+            await _reply(
+                send,
+                503,
+                openai_error("server shutting down", None, "shutting_down", "server_error"),
+                [(b"retry-after", b"1"), (b"connection", b"close")],
+            )
+            return
+        self.drain.add(1)
+        try:
+            await self._guarded(path, scope, receive, send)
+        finally:
+            self.drain.add(-1)
+
+    async def _guarded(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected and path.startswith(PROTECTED_PREFIX):
             given = dict(scope["headers"]).get(b"authorization", b"")
             # Constant-time comparison: the time taken must not tell how much of a guess was right.

@@ -8,9 +8,15 @@ the environment: this module sets the directory before importing it, and spawned
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
 import os
+import platform
 import shutil
 import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -32,6 +38,8 @@ from prometheus_client import (  # noqa: E402
 from prometheus_client import values as _values  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 from starlette.responses import Response  # noqa: E402
+from starlette.routing import Match, Router  # noqa: E402
+from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
 if _values.ValueClass.__name__ != "MmapedValue":
     raise RuntimeError(
@@ -115,6 +123,118 @@ REJECTED = Counter(
     ["path", "reason"],
     registry=None,
 )
+
+
+HTTP_REQUESTS = Counter(
+    "tinyserve_http_requests",
+    "HTTP requests answered, by method, route and status code (/metrics and /health are not counted).",
+    ["method", "path", "status"],
+    registry=None,
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "tinyserve_http_request_duration_seconds",
+    "From a request reaching the API server to the last byte of its answer (the whole stream when streamed).",
+    ["method", "path", "status"],
+    buckets=LATENCY_BUCKETS,
+    registry=None,
+)
+# Info metrics are gauges fixed at 1 whose labels carry the facts: prometheus_client's Info type has no
+# multiprocess mode. "max" merges the processes' copies into one series without a pid label.
+BUILD_INFO = Gauge(
+    "tinyserve_build_info",
+    "Always 1; the labels give the versions of tinyserve, Python and the serving stack.",
+    ["version", "python", "torch", "litserve", "transformers"],
+    multiprocess_mode="max",
+    registry=None,
+)
+MODEL_INFO = Gauge(
+    "tinyserve_model_info",
+    "Always 1 for each model served; the labels give its id, parameter count, device type and dtype.",
+    ["model", "parameters", "device", "dtype"],
+    multiprocess_mode="max",
+    registry=None,
+)
+
+# Scrapes and probes would swamp the request counts, and say nothing about the service's traffic.
+UNCOUNTED_PATHS = frozenset({"/metrics", "/metrics/", "/health"})
+UNMATCHED = "unmatched"  # one label for every unknown path: raw paths would let a scanner add series at will
+
+
+class RequestMetrics:
+    """ASGI middleware counting and timing each HTTP request by method, route template and status code.
+
+    A pure ASGI middleware (BaseHTTPMiddleware would buffer streamed answers), registered outermost so that answers
+    given by other middlewares (401, 503 while overloaded or draining) are counted too.
+    """
+
+    def __init__(self, app: ASGIApp, router: Router) -> None:
+        self.app = app
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNCOUNTED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 0
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        except BaseException as exc:
+            # No answer started: 499 (nginx's "client closed request") when the client went away, else the 500
+            # that Starlette's error middleware is about to send.
+            if not status:
+                status = 499 if isinstance(exc, asyncio.CancelledError) else 500
+            raise
+        finally:
+            labels = (scope["method"], self._route(scope), str(status or 500))
+            HTTP_REQUESTS.labels(*labels).inc()
+            HTTP_REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - start)
+
+    def _route(self, scope: Scope) -> str:
+        """The route template that served the request; matched here when a middleware answered before routing."""
+        route = scope.get("route")
+        if route is None:
+            route = next((r for r in self.router.routes if r.matches(scope)[0] == Match.FULL), None)
+        return getattr(route, "path", None) or UNMATCHED
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def parameter_count(weights: Path) -> int:
+    """Parameters stored in a safetensors file, from its JSON header alone (no tensor is read)."""
+    with weights.open("rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+
+
+def record_info(models: dict[str, tuple[Path, str]], device: str) -> None:
+    """Set the build info and one model info series per model id: {id: (safetensors file, dtype)}."""
+    BUILD_INFO.labels(
+        _package_version("tinyserve"),
+        platform.python_version(),
+        _package_version("torch"),
+        _package_version("litserve"),
+        _package_version("transformers"),
+    ).set(1)
+    for model_id, (weights, dtype) in models.items():
+        try:
+            parameters = str(parameter_count(weights))
+        except (OSError, ValueError):
+            parameters = "unknown"  # the worker loading it will fail with the real reason; /metrics need not
+        MODEL_INFO.labels(model_id, parameters, device, dtype).set(1)
 
 
 def metrics_endpoint() -> Response:

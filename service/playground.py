@@ -57,7 +57,7 @@ def add_playground(app: FastAPI, pixels_dir: Path = DEFAULT_DIR) -> None:
     app.router.routes[:] = [
         route
         for route in app.router.routes
-        if not (isinstance(route, APIRoute) and route.path == "/" and "GET" in route.methods)
+        if not (isinstance(route, APIRoute) and route.path == "/" and "GET" in (route.methods or ()))
     ]
     # Read once at start-up: a broken model folder then fails the server at once, not the first page load.
     symbols = symbol_patterns(pixels_dir)

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from types import FrameType
 
 import litserve as ls
+import torch
 from fastapi.middleware.cors import CORSMiddleware
 
+from model.gpt import pick_dtype
 from service import metrics
 from service.classify import ClassifyAPI
 from service.completions import CompletionsSpec
 from service.embeddings import EmbeddingsAPI
 from service.errors import install_error_handlers
 from service.gpt_worker import GPTAPI
-from service.guards import Guard
+from service.guards import Drain, Guard
 from service.playground import add_playground
 from service.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def build_apis(settings: Settings) -> list[ls.LitAPI]:
@@ -41,7 +47,7 @@ def workers_per_device(settings: Settings, apis: list[ls.LitAPI]) -> dict[str, i
     return {api.api_path: counts[api.api_path] for api in apis if api.api_path in counts}
 
 
-def build_server(settings: Settings) -> ls.LitServer:
+def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer:
     """The LitServer for all APIs, plus GET /metrics and the playground at GET /; nothing runs until `run()`."""
     apis = build_apis(settings)
     server = ls.LitServer(
@@ -52,22 +58,41 @@ def build_server(settings: Settings) -> ls.LitServer:
         max_payload_size=settings.max_payload_size,  # an int: LitServe's string form fails every request
         fast_queue=settings.fast_queue,
     )
-    # How long uvicorn lets in-flight requests finish when the server stops (LitServe's default is 30 s,
-    # longer than `docker stop` waits before its SIGKILL).
-    server.uvicorn_graceful_timeout = settings.shutdown_grace_seconds
-    # A plain route, not a mounted app: a mount answers /metrics with a 307 to /metrics/.
-    server.app.add_api_route("/metrics", metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
+    # How long uvicorn lets requests finish once LitServe stops it (its default is 30 s, longer than `docker stop`
+    # waits before SIGKILL). On SIGTERM the Guard has already drained them for shutdown_grace_seconds; this is only
+    # the last word for anything still open.
+    server.uvicorn_graceful_timeout = min(1.0, settings.shutdown_grace_seconds)
+    # Plain routes, not a mounted app (a mount answers /metrics with a 307); /metrics/ too, so that a scraper
+    # configured either way gets the samples without a redirect.
+    for path in ("/metrics", "/metrics/"):
+        server.app.add_api_route(path, metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
     add_playground(server.app, settings.pixels_dir)  # GET / becomes the playground page
     install_error_handlers(server.app)
-    server.app.add_middleware(Guard, settings=settings)
+    server.app.add_middleware(Guard, settings=settings, drain=drain or Drain())
     if settings.cors_origins:  # closed unless origins are configured
         server.app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
+    # Added last, so outermost: it also counts the answers the Guard and CORS give without reaching a route.
+    server.app.add_middleware(metrics.RequestMetrics, router=server.app.router)
+    _record_info(settings, server)
     return server
 
 
-def _install_sigterm_handler(server: ls.LitServer) -> None:
+def _record_info(settings: Settings, server: ls.LitServer) -> None:
+    """The build and model info metrics, from what the workers will load: weights headers, device, dtype."""
+    device = str(server.devices[0]).split(":")[0]  # "cuda:0" -> "cuda": one series per model, not per GPU
+    gpt_dtype = str(pick_dtype(torch.device(device))).removeprefix("torch.")
+    metrics.record_info(
+        {
+            settings.gpt_model_id: (settings.gpt_dir / "model.safetensors", gpt_dtype),
+            settings.pixels_model_id: (settings.pixels_dir / "model.safetensors", "float32"),  # ClassifyAPI.batch
+        },
+        device,
+    )
+
+
+def _install_sigterm_handler(server: ls.LitServer, drain: Drain, grace: float) -> None:
     """Make SIGTERM stop the server as Ctrl+C does: LitServe alone leaves its processes running on SIGTERM."""
     main_pid = os.getpid()
 
@@ -83,7 +108,17 @@ def _install_sigterm_handler(server: ls.LitServer) -> None:
         event = getattr(server, "_shutdown_event", None)
         if event is None:
             raise KeyboardInterrupt  # still starting up: abort; serve() stops whatever was started
-        threading.Thread(target=event.set, name="sigterm-shutdown", daemon=True).start()
+
+        def drain_then_stop() -> None:
+            # New requests and /health get 503 at once; requests in flight get up to `grace` seconds to finish.
+            drain.start()
+            deadline = time.monotonic() + grace
+            while drain.inflight.value > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            logger.info("drained (%d requests still in flight); stopping", drain.inflight.value)
+            event.set()
+
+        threading.Thread(target=drain_then_stop, name="sigterm-shutdown", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -103,8 +138,9 @@ def _stop_children(grace: float) -> None:
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM or Ctrl+C; every process it started is gone on return."""
     metrics.clear_samples()
-    server = build_server(settings)
-    _install_sigterm_handler(server)
+    drain = Drain()
+    server = build_server(settings, drain)
+    _install_sigterm_handler(server, drain, settings.shutdown_grace_seconds)
     try:
         server.run(
             host=settings.host,

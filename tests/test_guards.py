@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import ServerProcess, start_server
@@ -91,3 +93,33 @@ def test_a_non_streamed_request_past_its_deadline_is_504(base_url):
         timeout=60,
     )
     assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+
+
+def test_sigterm_drains_in_flight_streams_then_exits_cleanly(tmp_path):
+    server = start_server(tmp_path, shutdown_grace_seconds="20")
+    events: list[str] = []
+    first = threading.Event()
+
+    def long_stream() -> None:
+        body = {"prompt": "KING.", "max_tokens": 200, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120) as r:
+            for event in sse_events(r.iter_lines()):
+                first.set()
+                events.append(event)
+
+    t = threading.Thread(target=long_stream)
+    t.start()
+    assert first.wait(60)
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # Draining: health and new requests say 503 while the stream in flight goes on.
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 503
+    late = httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=5)
+    assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+    assert not events or events[-1] != "[DONE]"
+    t.join(120)
+    assert events[-1] == "[DONE]" and len(events) > 10  # the stream finished whole
+    assert server.process.wait(30) == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive

@@ -49,14 +49,24 @@
     return `${(p * 100).toFixed(p < 0.1 ? 1 : 0)}%`;
   }
 
+  // The server's API key, when it was started with one (TINYSERVE_API_KEY); kept for this tab only.
+  let apiKey = sessionStorage.getItem("tinyserve-api-key") || "";
+
+  function apiFetch(url, options = {}) {
+    const headers = { ...(options.headers || {}) };
+    if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+    return fetch(url, { ...options, headers });
+  }
+
   function errorMessage(data, response) {
+    if (response.status === 401) $("key-form").hidden = false;
     if (data && data.error && data.error.message) return data.error.message;
     if (data && Array.isArray(data.detail) && data.detail[0]) return data.detail[0].msg;
     return `HTTP ${response.status} ${response.statusText}`;
   }
 
   async function postJSON(url, body, signal) {
-    const response = await fetch(url, {
+    const response = await apiFetch(url, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
@@ -90,7 +100,11 @@
 
   async function loadModelInfo() {
     try {
-      const response = await fetch("/v1/models");
+      const response = await apiFetch("/v1/models");
+      if (!response.ok) {
+        errorMessage(null, response); // shows the key form on a 401
+        return;
+      }
       const models = await response.json();
       const gpt = models.data.find((m) => m.max_model_len);
       if (!gpt) return;
@@ -306,7 +320,7 @@
     let usage = null;
     const started = performance.now();
     try {
-      const response = await fetch("/v1/completions", {
+      const response = await apiFetch("/v1/completions", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify(body),
@@ -530,6 +544,16 @@
   $("pad-clear").addEventListener("click", () => {
     pixels.fill(BLACK);
     renderPad();
+    classify();
+  });
+
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    apiKey = $("api-key").value.trim();
+    sessionStorage.setItem("tinyserve-api-key", apiKey);
+    $("key-form").hidden = true;
+    loadModelInfo();
+    tokenize();
     classify();
   });
 
