@@ -49,12 +49,15 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD ["py
 STOPSIGNAL SIGTERM
 CMD ["tinyserve"]
 
-# `docker build --target loadtest`: the runtime image plus httpx and bench/, for compose's loadtest profile.
+# `docker build --target loadtest`: the runtime image plus httpx and bench/, for compose's loadtest profile:
+# `docker run IMAGE --url http://HOST:8000 --allow-remote --concurrency 8` (the arguments of `python -m bench`).
 FROM runtime AS loadtest
 COPY --from=builder /opt/loadtest-libs /opt/loadtest-libs
 COPY bench/ /app/bench/
 ENV PYTHONPATH=/opt/loadtest-libs
-CMD ["python", "-m", "bench.loadgen", "--help"]
+HEALTHCHECK NONE
+ENTRYPOINT ["python", "-m", "bench"]
+CMD ["--help"]
 
 # The default target (the last stage): the server.
 FROM runtime

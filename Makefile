@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve clean distclean
+.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve wheels docker-smoke clean distclean
 
 .venv: $(STAMP)
 
@@ -47,6 +47,29 @@ bench-engine: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python -m bench.serve
+
+# The wheelhouse the Dockerfile installs from, so that a build needs no package index: torch ($(TORCH), the CPU
+# wheel where one is on disk, or as WHEEL_ARGS point pip) and every dependency in wheels/, httpx for the loadtest
+# image; the project's own wheel (weights included) in wheels/app/, rebuilt every time. The dependencies take minutes
+# to collect, so they are collected again only when pyproject.toml changes, into an emptied folder (two versions of
+# one package would clash in the image).
+WHEEL_ARGS ?=
+WHEELS_STAMP := wheels/.dependencies
+$(WHEELS_STAMP): pyproject.toml | $(STAMP)
+	rm -rf wheels
+	$(BIN)/python -m pip wheel --quiet --wheel-dir wheels $(WHEEL_ARGS) '$(TORCH)' . httpx
+	rm -f wheels/tinyserve-*.whl
+	touch $@
+
+# --no-build-isolation: the venv's setuptools builds it, with no index lookup. build/ goes first: setuptools would
+# otherwise pack files deleted from the tree since the last build.
+wheels: $(STAMP) $(WHEELS_STAMP)
+	rm -rf build wheels/app
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir wheels/app .
+
+# Build the image and check a running container end to end (installs docker.io and starts dockerd if needed).
+docker-smoke: $(STAMP)
+	bash deploy/docker-smoke.sh
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache

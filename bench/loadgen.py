@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -54,6 +55,8 @@ class LoadConfig:
     warmup: int = 2
     seed: int = 0
     model: str | None = None  # the `model` field of completions requests; servers that need one get it here
+    api_key: str | None = None  # sent as `Authorization: Bearer <key>` when set
+    transport: httpx.AsyncBaseTransport | None = None  # tests put a fake server here
 
 
 class _Failure(Exception):
@@ -165,7 +168,11 @@ async def run_load(cfg: LoadConfig, on_result: Callable[[Result], None] | None =
     # No connection cap: a pool smaller than the load would queue requests inside the client, and that wait
     # would be counted as server latency.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(cfg.timeout_s), limits=limits) as client:
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(cfg.timeout_s), limits=limits, headers=headers, transport=cfg.transport
+    )
+    async with client:
 
         async def one(i: int) -> Result:
             if cfg.endpoint == "classify":
@@ -213,6 +220,9 @@ async def run_load(cfg: LoadConfig, on_result: Callable[[Result], None] | None =
             await asyncio.gather(*(worker() for _ in range(cfg.concurrency or 1)))
         wall = time.perf_counter() - t0
     summary = summarize(results, wall)
+    if cfg.endpoint == "classify":  # no tokens, no stream: one latency per request
+        for key in ("output_throughput", "output_tokens", "ttft_s", "tpot_s", "itl_s"):
+            del summary[key]
     summary["config"] = {
         "endpoint": cfg.endpoint,
         "concurrency": cfg.concurrency,
@@ -234,6 +244,17 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 _stats = stats  # the name bench.serve imports
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with every NaN (a statistic of no values) as None, so that the JSON is strict."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def summarize(results: list[Result], wall: float) -> dict[str, Any]:

@@ -52,11 +52,12 @@ His acts being seven ages.
 TokenTexts = Callable[[str], list[str]]
 
 
-def server_tokenizer(url: str, timeout: float = 10.0) -> TokenTexts:
+def server_tokenizer(url: str, api_key: str | None = None, timeout: float = 10.0) -> TokenTexts:
     """Token texts from the server's `POST /v1/tokenize` (tinyserve and vLLM-style servers)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
 
     def token_texts(text: str) -> list[str]:
-        r = httpx.post(f"{url}/v1/tokenize", json={"prompt": text}, timeout=timeout)
+        r = httpx.post(f"{url}/v1/tokenize", json={"prompt": text}, headers=headers, timeout=timeout)
         r.raise_for_status()
         return list(r.json()["token_strs"])
 

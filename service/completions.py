@@ -15,7 +15,7 @@ import pickle
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -336,62 +336,86 @@ class CompletionsSpec(LitSpec):
                 self._cancel(c.uid)
             self.response_buffer.pop(c.uid, None)
 
-    async def _stream(
-        self, cid: str, model: str, choices: list[Choice], include_usage: bool, deadline: float
-    ) -> AsyncIterator[str]:
-        def chunk(c: Choice, text: str, finish: FinishReason | None, logprobs: Logprobs | None = None) -> str:
-            body = Completion(
-                id=cid,
-                model=model,
-                choices=[CompletionChoice(index=c.index, text=text, logprobs=logprobs, finish_reason=finish)],
-            )  # type: ignore[arg-type]
-            return f"data: {body.model_dump_json(exclude_none=False)}\n\n"
-
+    async def _events(self, choices: list[Choice]) -> AsyncGenerator[tuple[Choice, dict[str, Any] | None]]:
+        """Token messages of all choices as they come; (choice, None) when a choice's stream has ended."""
+        if len(choices) == 1:  # the common case: no merging tasks, two fewer task switches per token
+            async for msg in self._messages(choices[0]):
+                yield choices[0], msg
+            yield choices[0], None
+            return
         merged: asyncio.Queue[tuple[Choice, dict[str, Any] | None | BaseException]] = asyncio.Queue()
 
         async def pump(c: Choice) -> None:
             try:
                 async for msg in self._messages(c):
                     await merged.put((c, msg))
-                    if msg["finish"] is not None:
-                        break
                 await merged.put((c, None))
-            except BaseException as exc:  # noqa: B036 - handed to the consumer, which ends the stream
+            except Exception as exc:  # handed to the consumer, which ends the stream
                 await merged.put((c, exc))
 
         tasks = [asyncio.create_task(pump(c)) for c in choices]
+        try:
+            for _ in range(len(choices) * (self.context_length + 2)):  # bounded: at most every token of each
+                c, item = await merged.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield c, item
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _stream(
+        self, cid: str, model: str, choices: list[Choice], include_usage: bool, deadline: float
+    ) -> AsyncIterator[str]:
+        def chunk(c: Choice, text: str, finish: FinishReason | None, logprobs: Logprobs | None = None) -> str:
+            # model_construct skips validation: these values come from us, and this runs once per token.
+            choice = CompletionChoice.model_construct(index=c.index, text=text, logprobs=logprobs, finish_reason=finish)
+            body = Completion.model_construct(
+                id=cid,
+                object="text_completion",
+                created=created,
+                model=model,
+                choices=[choice],
+                usage=None,
+                system_fingerprint=None,
+            )
+            return f"data: {body.model_dump_json()}\n\n"
+
+        def error(exc: BaseException) -> str:
+            return f"data: {json.dumps(error_content(exc))}\n\n"
+
+        created = int(time.time())
+        events = self._events(choices)
         try:
             for c in choices:
                 if c.echo:  # the prompt comes first
                     yield chunk(c, c.echo, None)
             open_choices = len(choices)
-            ends_at = time.monotonic() + deadline
+            ends_at = asyncio.get_running_loop().time() + deadline
             while open_choices:
                 try:
-                    c, msg = await asyncio.wait_for(merged.get(), ends_at - time.monotonic())
+                    async with asyncio.timeout_at(ends_at):
+                        c, msg = await anext(events)
                 except TimeoutError:
-                    late = HTTPException(
-                        504,
-                        openai_error(
-                            f"the request took longer than its deadline of {deadline:g} s",
-                            "timeout",
-                            "deadline_exceeded",
-                            "server_error",
-                        ),
+                    yield error(
+                        HTTPException(
+                            504,
+                            openai_error(
+                                f"the request took longer than its deadline of {deadline:g} s",
+                                "timeout",
+                                "deadline_exceeded",
+                                "server_error",
+                            ),
+                        )
                     )
-                    yield f"data: {json.dumps(error_content(late))}\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
-                if isinstance(msg, BaseException):
-                    yield f"data: {json.dumps(error_content(msg))}\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
-                if msg is None:
-                    if c.finish_reason is None:  # the worker ended it without a reason: treat as an error
-                        yield f"data: {json.dumps(error_content(HTTPException(500, 'generation ended early')))}\n\n"
-                        yield "data: [DONE]\n\n"
-                        return
-                    open_choices -= 1
+                    break
+                except Exception as exc:  # a worker error, or an engine reset: the client hears of it
+                    yield error(exc)
+                    break
+                if msg is None:  # a choice's messages ended; its finish was counted when it came
+                    if c.finish_reason is None:  # the worker ended it without a reason
+                        yield error(HTTPException(500, "generation ended early"))
+                        break
                     continue
                 if c.finish_reason is not None:
                     continue  # already ended by a stop string; late tokens are dropped
@@ -411,14 +435,14 @@ class CompletionsSpec(LitSpec):
                     if msg["finish"] is None:
                         self._cancel(c.uid)  # stopped by a stop string: free the slot
                     open_choices -= 1
-            if include_usage:
-                usage = Completion(id=cid, model=model, choices=[], usage=self._usage(choices))
-                yield f"data: {usage.model_dump_json()}\n\n"
+            else:
+                if include_usage:
+                    usage = Completion(id=cid, created=created, model=model, choices=[], usage=self._usage(choices))
+                    yield f"data: {usage.model_dump_json()}\n\n"
             yield "data: [DONE]\n\n"
         finally:
             # Runs on normal end, on error, and when Starlette cancels us because the client went away.
-            for t in tasks:
-                t.cancel()
+            await events.aclose()
             self._release(choices)
 
 

@@ -15,42 +15,46 @@ class TextStream:
 
     Text is held back while it ends in an incomplete UTF-8 character, or in something that may be the start of a
     stop string; a stop string found across token boundaries ends the text just before it.
-    Decoding the whole sequence each time is quadratic, but sequences are bounded by a 256-token context, where a
-    decode costs microseconds; it keeps the byte-level merge exactly right.
+    Byte-level BPE decodes by concatenating bytes, so only the tokens not yet turned into whole characters are
+    decoded at each step: the cost per token stays constant instead of growing with the sequence.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: list[str]) -> None:
         self._tok = tokenizer
         self._stops = stops
-        self._ids: list[int] = []
-        self._emitted = 0  # characters of the decoded text already handed out
+        self._max_stop = max((len(s) for s in stops), default=0)
+        self._pending: list[int] = []  # tokens whose bytes do not yet end on a character boundary
+        self._decoded = ""  # whole characters decoded so far
         self.text = ""  # all text handed out so far
         self.stopped = False
-
-    def _decode(self) -> str:
-        return decode(self._tok, self._ids)
 
     def push(self, token_id: int) -> str:
         """Add a token; return the new text that is safe to send (possibly empty)."""
         if self.stopped:
             return ""
-        self._ids.append(token_id)
-        full = self._decode()
-        complete = full.rstrip(_PARTIAL)
-        if self._stops:
-            start = max(0, self._emitted - max(len(s) for s in self._stops) + 1)
-            hits = [i for i in (complete.find(s, start) for s in self._stops) if i != -1]
-            if hits:
-                self.stopped = True
-                return self._hand_out(complete[: min(hits)])
-            complete = complete[: len(complete) - self._stop_prefix_len(complete)]
-        return self._hand_out(complete)
+        self._pending.append(token_id)
+        piece = decode(self._tok, self._pending)
+        if piece.endswith(_PARTIAL):
+            return ""  # wait for the rest of the character
+        self._pending.clear()
+        self._decoded += piece
+        if not self._stops:
+            return self._hand_out(len(self._decoded))
+        start = max(0, len(self.text) - self._max_stop + 1)
+        hits = [i for i in (self._decoded.find(s, start) for s in self._stops) if i != -1]
+        if hits:
+            self.stopped = True
+            return self._hand_out(min(hits))
+        return self._hand_out(len(self._decoded) - self._stop_prefix_len(self._decoded))
 
     def finish(self) -> str:
         """The generation ended without a stop string: release everything held back."""
         if self.stopped:
             return ""
-        return self._hand_out(self._decode())
+        if self._pending:
+            self._decoded += decode(self._tok, self._pending)
+            self._pending.clear()
+        return self._hand_out(len(self._decoded))
 
     def _stop_prefix_len(self, text: str) -> int:
         """Length of the longest tail of `text` that begins some stop string."""
@@ -62,8 +66,8 @@ class TextStream:
                     break
         return best
 
-    def _hand_out(self, upto: str) -> str:
-        delta = upto[self._emitted :] if len(upto) > self._emitted else ""
-        self._emitted = max(self._emitted, len(upto))
+    def _hand_out(self, upto: int) -> str:
+        """Hand out the decoded text up to character `upto` that was not handed out yet."""
+        delta = self._decoded[len(self.text) : upto]
         self.text += delta
         return delta

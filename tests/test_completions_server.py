@@ -207,3 +207,23 @@ def test_metrics_count_generated_tokens(base_url):
             break
         time.sleep(0.1)
     assert after - before == used
+
+
+def test_streaming_several_choices_interleaves_them_by_index(base_url):
+    body = {"prompt": ["To be", "KING."], "n": 2, "max_tokens": 5, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as r:
+        events = list(sse_events(r.iter_lines()))
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts: dict[int, str] = {}
+    finished = set()
+    for c in chunks:
+        (choice,) = c["choices"]
+        texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        if choice["finish_reason"]:
+            finished.add(choice["index"])
+    assert finished == {0, 1, 2, 3}
+    # Greedy: both choices of a prompt agree, and match the non-streamed answer.
+    assert texts[0] == texts[1] and texts[2] == texts[3]
+    alone = complete(base_url, prompt="KING.", max_tokens=5, temperature=0).json()["choices"][0]["text"]
+    assert texts[2] == alone

@@ -180,6 +180,8 @@
     chip.tabIndex = index === 0 ? 0 : -1;
     if (p != null) chip.style.setProperty("--p", p.toFixed(3));
     chip.setAttribute("aria-label", `Token ${index + 1}: ${spoken(token)}${p == null ? "" : `, ${percent(p)}`}`);
+    // A screen reader then reads the step's five likeliest tokens when the chip gets focus (filled on focusin).
+    chip.setAttribute("aria-describedby", "probs-bars");
     appendVisible(chip, token);
     output.append(chip);
     if (token.includes("\n")) output.append(document.createElement("br"));
@@ -224,6 +226,7 @@
       if (token === step.token) item.classList.add("chosen");
       const label = document.createElement("span");
       label.className = "tok";
+      label.setAttribute("aria-hidden", "true"); // the sr-only text below says it in words
       appendVisible(label, token);
       const value = document.createElement("span");
       value.className = "value";

@@ -1,0 +1,461 @@
+"""`make bench-compare`: tinyserve against the raw engine, a naive FastAPI app and `transformers serve`, in one run.
+
+Every HTTP server runs alone on a free loopback port, one after the other, with the same weights (model/weights/gpt),
+the same prompt, the same torch threads, and is driven by the same client (`bench.loadgen`: closed loop, streamed
+completions, greedy, vLLM's definitions) at each concurrency level. The raw engine runs in this process as a closed
+loop of the same size (`bench.serve.raw_engine`): the ceiling without HTTP. Then a concurrency sweep of tinyserve
+alone gives its latency-against-throughput curve. The command writes docs/performance.md with its tables and plots,
+and the raw figures as JSON beside them; `--from-json` redraws the page from such a file without measuring again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.__main__ import markdown_table, plot_sweep
+from bench.loadgen import LoadConfig, jsonable, run_load
+from bench.prompts import build_prompts, local_tokenizer
+from bench.serve import Server, free_port, raw_engine
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "model" / "weights" / "gpt"
+START_TIMEOUT_S = 240.0
+
+# Display names, in table order.
+TINYSERVE = "tinyserve"
+ENGINE = "raw engine (no HTTP)"
+NAIVE = "naive FastAPI + generate"
+HF = "transformers serve"
+HF_CB = "transformers serve --continuous-batching"
+TARGETS = [TINYSERVE, ENGINE, NAIVE, HF, HF_CB]
+KEYS = dict(zip(["tinyserve", "engine", "naive", "hf", "hf-cb"], TARGETS, strict=True))  # names for --skip
+
+
+@contextmanager
+def launched(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[str]:
+    """Run a server command until its /health answers 200; yield its URL; SIGTERM it (then SIGKILL) afterwards."""
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"exited with {proc.returncode} while starting: {_tail(log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not healthy after {START_TIMEOUT_S:.0f} s: {_tail(log)}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _tail(log: Path, chars: int = 600) -> str:
+    text = log.read_text(errors="replace").strip() if log.exists() else ""
+    return " ".join(text[-chars:].split())
+
+
+def machine() -> dict[str, Any]:
+    import litserve
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "litserve": litserve.__version__,
+        "cuda": torch.cuda.is_available(),
+        "load_average_at_start": os.getloadavg(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def measure_http(url: str, levels: list[int], prompt: str, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in levels:
+        cfg = LoadConfig(
+            url=url,
+            concurrency=c,
+            num_requests=requests_at(c, args),
+            duration_s=args.level_seconds,
+            timeout_s=args.timeout,
+            prompts=[prompt],
+            max_tokens=args.max_tokens,
+            temperature=0.0,
+            warmup=2,
+        )
+        out[str(c)] = asyncio.run(run_load(cfg))
+        s = out[str(c)]
+        print(
+            f"  c={c}: {s['output_throughput']:.0f} tok/s, TTFT p50 {s['ttft_s']['median'] * 1e3:.1f} ms, "
+            f"failures {s['failures'] or 0}",
+            flush=True,
+        )
+    return out
+
+
+def requests_at(c: int, args: argparse.Namespace) -> int:
+    return max(args.min_requests, args.requests_per_slot * c)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    levels = [int(c) for c in args.concurrency.split(",")]
+    sweep = [int(c) for c in args.sweep.split(",")] if args.sweep else []
+    token_texts = local_tokenizer(WEIGHTS)
+    prompt = build_prompts(token_texts, args.prompt_tokens, 1)[0]
+    data: dict[str, Any] = {
+        "machine": machine(),
+        "settings": {
+            "levels": levels,
+            "prompt": prompt,
+            "prompt_tokens": len(token_texts(prompt)),
+            "max_tokens": args.max_tokens,
+            "threads": args.threads,
+            "requests": {str(c): requests_at(c, args) for c in levels},
+            "level_seconds": args.level_seconds,
+            "sweep": sweep,
+        },
+        "results": {},
+        "errors": {},
+    }
+    threads_env = {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    skip = {KEYS[k] for k in args.skip}
+    logs = Path(tempfile.mkdtemp(prefix="bench-compare-"))
+
+    def attempt(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if name in skip:
+            data["errors"][name] = "skipped (--skip)"
+            return
+        print(f"{name}:", flush=True)
+        try:
+            data["results"][name] = fn()
+        except Exception as exc:  # noqa: BLE001 - one baseline failing must not lose the others' figures
+            data["errors"][name] = f"{type(exc).__name__}: {exc}"
+            print(f"  failed: {data['errors'][name]}", flush=True)
+
+    def tinyserve() -> dict[str, Any]:
+        with Server({"TINYSERVE_TORCH_THREADS": str(args.threads), **threads_env}) as server:
+            out = measure_http(server.url, levels, prompt, args)
+            if sweep:
+                print("  sweep:", flush=True)
+                data["sweep"] = [
+                    m
+                    for _, m in sorted(measure_http(server.url, sweep, prompt, args).items(), key=lambda kv: int(kv[0]))
+                ]
+        return out
+
+    def engine() -> dict[str, Any]:
+        import torch
+
+        from model.engine import Engine, SamplingParams
+        from model.gpt import eot_id, load_gpt, load_tokenizer
+
+        torch.set_num_threads(args.threads)
+        tok = load_tokenizer(WEIGHTS)
+        ids = tok.encode(prompt, add_special_tokens=False)
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop_token_ids=(eot_id(tok),))
+        eng = Engine(load_gpt(WEIGHTS), max_batch_size=max(levels))
+        raw_engine(eng, ids, params, 1, 2)  # warm-up
+        out = {}
+        for c in levels:
+            out[str(c)] = raw_engine(eng, ids, params, c, requests_at(c, args))
+            print(f"  c={c}: {out[str(c)]['output_throughput']:.0f} tok/s", flush=True)
+        return out
+
+    def naive() -> dict[str, Any]:
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.naive_app", "--port", str(port)]
+        with launched(argv, port, {**threads_env, "NAIVE_WEIGHTS": str(WEIGHTS)}, logs / "naive.log") as url:
+            return measure_http(url, levels, prompt, args)
+
+    def hf(cb: bool) -> Callable[[], dict[str, Any]]:
+        def go() -> dict[str, Any]:
+            exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
+            if exe is None:
+                raise RuntimeError("the `transformers` command is not installed (pip install 'transformers[serving]')")
+            port = free_port()
+            argv = [exe, "serve", str(WEIGHTS), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+            argv += ["--log-level", "warning"] + (["--continuous-batching"] if cb else [])
+            with launched(argv, port, threads_env, logs / f"hf{'-cb' if cb else ''}.log") as url:
+                return measure_http(url, levels, prompt, args)
+
+        return go
+
+    attempt(TINYSERVE, tinyserve)
+    attempt(ENGINE, engine)
+    attempt(NAIVE, naive)
+    attempt(HF, hf(cb=False))
+    attempt(HF_CB, hf(cb=True))
+    return data
+
+
+# ---- the report ---------------------------------------------------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def _x(r: float | None) -> str:
+    return "-" if r is None else f"{r:,.1f}x" if r >= 10 else f"{r:,.2f}x"
+
+
+def _get(data: dict[str, Any], target: str, c: int, *path: str) -> float | None:
+    value: Any = data["results"].get(target, {}).get(str(c))
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value) if value is not None else None
+
+
+def plot_compare(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    levels = data["settings"]["levels"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for target in TARGETS:
+        if target not in data["results"]:
+            continue
+        tps = [_get(data, target, c, "output_throughput") for c in levels]
+        ttft = [_get(data, target, c, "ttft_s", "median") for c in levels]
+        ax1.plot(levels, [v or float("nan") for v in tps], "o-", label=target)
+        ax2.plot(levels, [v * 1e3 if v is not None else float("nan") for v in ttft], "o-", label=target)
+    for ax, ylabel in ((ax1, "output tokens/s"), (ax2, "TTFT median (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrency (requests in flight)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax1.legend(fontsize=8)
+    fig.suptitle("Same GPT, same prompt, streamed, greedy: throughput and time to first token")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(data: dict[str, Any], doc: Path) -> str:
+    """docs/performance.md from the measured data; every figure in it comes from `data`."""
+    m, st = data["machine"], data["settings"]
+    levels: list[int] = st["levels"]
+    present = [t for t in TARGETS if t in data["results"]]
+    hi = max(levels)
+    assets = doc.parent / "performance"
+    rel = f"{assets.name}"
+    head = "| server | " + " | ".join(f"c={c}" for c in levels) + " |\n|---|" + "---:|" * len(levels)
+
+    def row(target: str, cell: Callable[[int], str]) -> str:
+        return f"| {target} | " + " | ".join(cell(c) for c in levels) + " |"
+
+    def tps(t: str) -> Callable[[int], str]:
+        def cell(c: int) -> str:
+            v = _get(data, t, c, "output_throughput")
+            return "-" if v is None else f"{v:,.0f}"
+
+        return cell
+
+    def ttft(t: str) -> Callable[[int], str]:
+        def cell(c: int) -> str:
+            med, p99 = _get(data, t, c, "ttft_s", "median"), _get(data, t, c, "ttft_s", "p99")
+            if med is None or p99 is None or math.isnan(med):
+                return "-"
+            return f"{med * 1e3:,.1f} / {p99 * 1e3:,.1f}"
+
+        return cell
+
+    def per_request(t: str) -> Callable[[int], str]:
+        def cell(c: int) -> str:
+            r = data["results"][t].get(str(c), {})
+            done = r.get("completed")
+            if done is None:  # the raw engine reports tokens only
+                n = st["requests"][str(c)]
+                return f"{r.get('output_tokens', 0) / n:.1f}" if r else "-"
+            fails = sum(r.get("failures", {}).values())
+            per = r["output_tokens"] / done if done else 0.0
+            return f"{per:.1f}" + (f" ({fails} failed)" if fails else "")
+
+        return cell
+
+    lines = [
+        "# Performance",
+        "",
+        f"Written by `make bench-compare` (`python -m bench.compare`) on {m['date']}; do not edit by hand, run it "
+        "again. The raw figures are in [performance/compare.json](performance/compare.json).",
+        "",
+        "## Method",
+        "",
+        f"- **Work**: one prompt of {st['prompt_tokens']} tokens (a window of the fixed passage in "
+        f"`bench/prompts.py`), `max_tokens` {st['max_tokens']}, greedy (`temperature` 0), streamed, generation "
+        "stopping early only at the end-of-text token. The same weights (`model/weights/gpt`) everywhere.",
+        "- **Load**: a closed loop of *c* requests in flight (`bench.loadgen`, asyncio + httpx on the same machine), "
+        "2 warm-up requests per level, then "
+        + ", ".join(f"{st['requests'][str(c)]} requests at c={c}" for c in levels)
+        + f" (no request starts after {st['level_seconds']:.0f} s).",
+        "- **Definitions** (those of `vllm bench serve`): output tokens/s = completion tokens of successful "
+        "requests / wall time of the level; TTFT = from just before the POST to the first chunk carrying text; "
+        "medians and p99 with linear interpolation.",
+        f"- **Servers**, started one at a time on 127.0.0.1 with {st['threads']} torch threads each:",
+        "  - *tinyserve*: `python -m service` with its defaults (continuous batching up to 32 sequences).",
+        "  - *raw engine*: `model.engine.Engine` driven in-process by `bench.serve.raw_engine` (no HTTP, no "
+        "tokenizer, no client): the ceiling. Its TTFT counts from `add_request`.",
+        "  - *naive FastAPI + generate*: `bench/naive_app.py`, the app a user writes first: a sync handler per "
+        "request starting `model.generate` in a thread with a `TextIteratorStreamer` (streaming, so TTFT is the "
+        "first text it yields; the streamer holds text back to a word boundary, as users see it).",
+        "  - *transformers serve*: the Hugging Face CLI's OpenAI-compatible server (`transformers serve "
+        "model/weights/gpt --device cpu`, its `/v1/completions`), with its defaults: one `generate` at a time on "
+        "one inference thread. Then the same with `--continuous-batching` (paged attention).",
+        "",
+        "## Machine",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {'CUDA' if m['cuda'] else 'no GPU'}; "
+        f"{m['os']}; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+        f"LitServe {m['litserve']}. Load average at the start: "
+        + " / ".join(f"{x:.2f}" for x in m["load_average_at_start"])
+        + ". Client and server share the cores, as they would in a sidecar load test.",
+        "",
+        "## Output tokens/s",
+        "",
+        head,
+        *(row(t, tps(t)) for t in present),
+        "",
+        "## TTFT median / p99 (ms)",
+        "",
+        head,
+        *(row(t, ttft(t)) for t in present),
+        "",
+        "Mean output tokens per request (all servers run the same greedy decoding; a count below `max_tokens` is "
+        "the end-of-text token):",
+        "",
+        head,
+        *(row(t, per_request(t)) for t in present),
+        "",
+        "## tinyserve against each",
+        "",
+        "Output tokens/s of tinyserve divided by the other's, and the other's TTFT median divided by tinyserve's "
+        "(above 1: tinyserve is better on both).",
+        "",
+        "| against | "
+        + " | ".join(f"tok/s c={c}" for c in levels)
+        + " | "
+        + " | ".join(f"TTFT c={c}" for c in levels)
+        + " |\n|---|"
+        + "---:|" * (2 * len(levels)),
+    ]
+    for t in present:
+        if t == TINYSERVE:
+            continue
+        tok = [
+            _x(_ratio(_get(data, TINYSERVE, c, "output_throughput"), _get(data, t, c, "output_throughput")))
+            for c in levels
+        ]
+        lat = [
+            _x(_ratio(_get(data, t, c, "ttft_s", "median"), _get(data, TINYSERVE, c, "ttft_s", "median")))
+            for c in levels
+        ]
+        lines.append(f"| {t} | " + " | ".join(tok + lat) + " |")
+    lines += ["", f"Goals at c={hi} (output tokens/s):", ""]
+    for target, goal in ((NAIVE, 10.0), (HF, 2.0), (HF_CB, 2.0)):
+        r = _ratio(_get(data, TINYSERVE, hi, "output_throughput"), _get(data, target, hi, "output_throughput"))
+        verdict = "not measured" if r is None else ("met" if r >= goal else "**not met**")
+        lines.append(f"- at least {goal:g}x {target}: {_x(r)}, {verdict}")
+    lines += ["", f"![throughput and TTFT]({rel}/compare.png)", ""]
+    if data.get("sweep"):
+        lines += [
+            "## tinyserve: latency against throughput",
+            "",
+            "The same prompt and `max_tokens`, tinyserve alone, one level after another (`python -m bench --sweep`"
+            " gives the same table and plot for any running server).",
+            "",
+            markdown_table(data["sweep"]).rstrip(),
+            "",
+            f"![latency against throughput]({rel}/sweep.png)",
+            "",
+        ]
+    if data["errors"]:
+        lines += ["## Not measured", ""]
+        lines += [f"- {t}: {why}" for t, why in data["errors"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(data: dict[str, Any], doc: Path) -> None:
+    assets = doc.parent / "performance"
+    assets.mkdir(parents=True, exist_ok=True)
+    (assets / "compare.json").write_text(json.dumps(jsonable(data), indent=2) + "\n")
+    plot_compare(data, assets / "compare.png")
+    if data.get("sweep"):
+        plot_sweep(data["sweep"], assets / "sweep.png", "tinyserve: latency against throughput")
+    doc.write_text(render(data, doc))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default %(default)s)")
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--requests-per-slot", type=int, default=4, help="requests per level = this x concurrency")
+    p.add_argument("--min-requests", type=int, default=16, help="at least this many requests per level")
+    p.add_argument("--level-seconds", type=float, default=240.0, help="no request starts later in a level")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds one request may take")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of every server")
+    p.add_argument("--sweep", default="1,2,4,8,16,32,64", help="tinyserve sweep levels ('' for none)")
+    p.add_argument("--skip", nargs="*", default=[], choices=list(KEYS), help="targets not to run")
+    p.add_argument("--doc", type=Path, default=REPO / "docs" / "performance.md", help="the page to write")
+    p.add_argument("--from-json", type=Path, default=None, help="redraw the page from a compare.json, measure nothing")
+    args = p.parse_args(argv)
+    data = json.loads(args.from_json.read_text()) if args.from_json else run(args)
+    write(data, args.doc)
+    print(f"wrote {args.doc} and {args.doc.parent / 'performance'}/")
+
+
+if __name__ == "__main__":
+    main()

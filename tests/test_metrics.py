@@ -1,0 +1,100 @@
+"""/metrics on the shared server: request and info metrics move by the right amounts; promtool finds nothing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from importlib.metadata import version
+
+import httpx
+import pytest
+import torch
+
+from model.gpt import count_parameters, load_gpt
+from model.pixels import load_pixels
+from service.metrics import UNMATCHED
+from service.settings import WEIGHTS_DIR
+from tests.helpers import metric_value
+
+PLUS = {"pixels": [[-1, 1, -1], [1, 1, 1], [-1, 1, -1]]}
+OUT_OF_RANGE = {"pixels": [1, -1, 1, -1, 1, -1, 1, -1, 2]}
+
+
+def requests_total(base_url: str, **labels: str) -> float:
+    return metric_value(base_url, "tinyserve_http_requests_total", labels)
+
+
+def test_requests_counted_by_route_and_status(base_url: str) -> None:
+    ok = {"method": "POST", "path": "/v1/classify", "status": "200"}
+    invalid = {"method": "POST", "path": "/v1/classify", "status": "422"}
+    before_all = requests_total(base_url)
+    before_ok = requests_total(base_url, **ok)
+    before_invalid = requests_total(base_url, **invalid)
+    before_timed = metric_value(base_url, "tinyserve_http_request_duration_seconds_count", ok)
+
+    for _ in range(3):
+        assert httpx.post(f"{base_url}/v1/classify", json=PLUS).status_code == 200
+    assert httpx.post(f"{base_url}/v1/classify", json=OUT_OF_RANGE).status_code == 422
+    for path in ("/health", "/metrics", "/metrics/"):  # probes and scrapes are not traffic
+        assert httpx.get(f"{base_url}{path}").status_code == 200
+
+    assert requests_total(base_url, **ok) - before_ok == 3
+    assert requests_total(base_url, **invalid) - before_invalid == 1
+    assert metric_value(base_url, "tinyserve_http_request_duration_seconds_count", ok) - before_timed == 3
+    assert requests_total(base_url) - before_all == 4
+
+
+def test_unknown_paths_share_one_label(base_url: str) -> None:
+    """A scanner's random paths must not each create a series."""
+    before = requests_total(base_url, path=UNMATCHED, status="404")
+    for path in ("/no-such-page", "/wp-login.php", "/v1/nothing"):
+        assert httpx.get(f"{base_url}{path}").status_code == 404
+    assert requests_total(base_url, path=UNMATCHED, status="404") - before == 3
+    text = httpx.get(f"{base_url}/metrics").text
+    assert "wp-login" not in text
+
+
+def test_streamed_completion_is_timed_to_its_end(base_url: str) -> None:
+    labels = {"method": "POST", "path": "/v1/completions", "status": "200"}
+    before = metric_value(base_url, "tinyserve_http_request_duration_seconds_count", labels)
+    before_sum = metric_value(base_url, "tinyserve_http_request_duration_seconds_sum", labels)
+    body = {"prompt": "ROMEO.\n", "max_tokens": 8, "stream": True, "temperature": 0}
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = list(response.iter_lines())
+    assert lines[-1] == "data: [DONE]" or "data: [DONE]" in lines
+    assert metric_value(base_url, "tinyserve_http_request_duration_seconds_count", labels) - before == 1
+    # A whole stream of 8 tokens takes longer than a decode step: the time ends at the last byte, not the headers.
+    assert metric_value(base_url, "tinyserve_http_request_duration_seconds_sum", labels) - before_sum > 0.001
+
+
+def test_metrics_with_trailing_slash_answers_without_redirect(base_url: str) -> None:
+    response = httpx.get(f"{base_url}/metrics/", follow_redirects=False)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "tinyserve_classify_batch_size_bucket" in response.text
+
+
+def test_info_metrics_describe_the_models_and_build(base_url: str) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpt_dtype = "bfloat16" if device == "cuda" else "float32"
+    pixels = {"model": "tinyserve-pixels", "parameters": str(sum(p.numel() for p in load_pixels().parameters()))}
+    gpt = {"model": "tinyserve-gpt", "parameters": str(count_parameters(load_gpt(WEIGHTS_DIR / "gpt")))}
+    assert metric_value(base_url, "tinyserve_model_info", {**pixels, "device": device, "dtype": "float32"}) == 1
+    assert metric_value(base_url, "tinyserve_model_info", {**gpt, "device": device, "dtype": gpt_dtype}) == 1
+    build = {"version": version("tinyserve"), "torch": version("torch"), "litserve": version("litserve")}
+    assert metric_value(base_url, "tinyserve_build_info", build) == 1
+
+
+def test_promtool_finds_nothing_to_report(base_url: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`; .ci/run installs it)")
+    # Traffic on every kind of metric first, so that labelled series exist and are checked too.
+    assert httpx.post(f"{base_url}/v1/classify", json=PLUS).status_code == 200
+    completion = httpx.post(f"{base_url}/v1/completions", json={"prompt": "KING.\n", "max_tokens": 4}, timeout=60)
+    assert completion.status_code == 200
+    text = httpx.get(f"{base_url}/metrics").text
+    assert "tinyserve_http_requests_total{" in text and "tinyserve_gpt_requests_finished_total{" in text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr

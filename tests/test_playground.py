@@ -1,0 +1,259 @@
+"""The playground page at GET /: its files, and the page itself driven in Debian's chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from fastapi.testclient import TestClient
+
+from model.pixels import SYMBOL_DRAWINGS
+from service.playground import STATIC_DIR, add_playground
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "tests" / "artifacts"
+# Set to 1 to refresh the README's screenshot from this run.
+UPDATE_DOCS = os.environ.get("TINYSERVE_UPDATE_SCREENSHOT") == "1"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # CI containers run as root, where chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # Nothing but the server under test: no update checks, no sync, no component downloads.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PROMPT = "JULIET.\nO Romeo, Romeo"
+STATIC_TYPES = {"app.js": "javascript", "style.css": "text/css", "index.html": "text/html"}
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: `apt-get install chromium` (as .ci/run does)"
+)
+
+
+# ---- without a browser ----------------------------------------------------------------------------------------
+
+
+def test_playground_replaces_the_index_route_and_serves_its_files():
+    app = FastAPI()
+
+    @app.get("/")
+    async def index() -> PlainTextResponse:  # stands in for LitServe's own GET /
+        return PlainTextResponse("litserve running")
+
+    add_playground(app)
+    client = TestClient(app)
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "litserve running" not in page.text and "/static/app.js" in page.text
+    for name, kind in STATIC_TYPES.items():
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and kind in r.headers["content-type"], (name, r.headers)
+    assert client.get("/static/missing.js").status_code == 404
+    symbols = client.get("/static/symbols.json").json()["symbols"]
+    assert [s["name"] for s in symbols] == list(SYMBOL_DRAWINGS)
+    plus = next(s for s in symbols if s["name"] == "plus")
+    assert plus["pixels"] == [[-1, 1, -1], [1, 1, 1], [-1, 1, -1]]
+
+
+def test_static_files_load_nothing_from_outside():
+    files = sorted(STATIC_DIR.iterdir())
+    assert {f.name for f in files} >= set(STATIC_TYPES)
+    for f in files:
+        text = f.read_text()
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text, re.IGNORECASE), f"external URL in {f.name}"
+        assert "@import" not in text and "@font-face" not in text, f.name
+
+
+def test_server_serves_the_playground(base_url):
+    page = httpx.get(f"{base_url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "tinyserve playground" in page.text
+    for name, kind in STATIC_TYPES.items():
+        r = httpx.get(f"{base_url}/static/{name}", timeout=10)
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+    assert httpx.get(f"{base_url}/static/symbols.json", timeout=10).json()["symbols"][0]["name"] == "plus"
+    # The API's own routes are untouched by the mount and the new index.
+    assert httpx.get(f"{base_url}/health", timeout=10).text == "ok"
+    assert "/" not in httpx.get(f"{base_url}/openapi.json", timeout=10).json()["paths"]
+
+
+# ---- in a browser ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def open_page(browser: Browser, base_url: str, **context_args) -> tuple[Page, list[str]]:
+    """A fresh page on the playground; the list collects console errors and requests that left the server."""
+    page = browser.new_context(**context_args).new_page()
+    page.set_default_timeout(30_000)
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on(
+        "request",
+        lambda req: None if req.url.startswith((base_url, "data:")) else problems.append(f"external: {req.url}"),
+    )
+    page.goto(f"{base_url}/")
+    page.wait_for_selector("#tok-chips .chip")  # the script ran and the tokenizer answered
+    return page, problems
+
+
+def set_range(page: Page, selector: str, value: float) -> None:
+    page.eval_on_selector(
+        selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }", str(value)
+    )
+
+
+def chip_text(page: Page) -> str:
+    """The generated text as the chips show it, with the visible whitespace marks turned back into whitespace."""
+    shown = page.eval_on_selector_all("#output .chip.gen", "chips => chips.map(c => c.textContent).join('')")
+    return shown.replace("\u00b7", " ").replace("\u21b5", "\n").replace("\u2192", "\t")
+
+
+# Pixel values in the order a click cycles them.
+CYCLE = [-1, 0, 1]
+
+
+def draw(page: Page, pattern: list[list[int]]) -> None:
+    """Click each pad button until it shows the pattern's value (black -> grey -> white -> black)."""
+    for i, target in enumerate(v for row in pattern for v in row):
+        button = page.locator(f"#pad .pixel[data-index='{i}']")
+        current = int(button.get_attribute("data-value") or "0")
+        for _ in range((CYCLE.index(target) - CYCLE.index(current)) % 3):
+            button.click()
+
+
+@needs_chromium
+def test_playground_in_chromium(browser, base_url, artifacts):
+    page, problems = open_page(browser, base_url, viewport={"width": 1280, "height": 900})
+
+    # Tokenizer: typing re-tokenizes the prompt, and the chips carry the server's ids.
+    page.fill("#prompt", PROMPT)
+    expected = httpx.post(f"{base_url}/v1/tokenize", json={"prompt": PROMPT}, timeout=10).json()
+    page.wait_for_function(f"document.querySelectorAll('#tok-chips .chip').length === {expected['count']}")
+    ids = page.eval_on_selector_all("#tok-chips .chip .id", "els => els.map(e => Number(e.textContent))")
+    assert ids == expected["tokens"]
+    assert f"{expected['count']} of {expected['max_model_len']} tokens" in page.inner_text("#tok-count")
+
+    # Completion: seeded, so the streamed chips must spell the same text as a plain request with the same settings.
+    set_range(page, "#temperature", 0.8)
+    page.fill("#top_k", "40")
+    page.fill("#max_tokens", "32")
+    page.fill("#seed", "7")
+    # Count chips at each change of the output, to see them arrive over time rather than all at once.
+    page.evaluate(
+        """() => {
+        window.chipCounts = [];
+        const out = document.getElementById('output');
+        new MutationObserver(() => {
+            if (out.dataset.state === 'streaming') window.chipCounts.push(out.querySelectorAll('.chip').length);
+        }).observe(out, {childList: true});
+    }"""
+    )
+    page.click("#generate")
+    page.wait_for_selector("#output[data-state='done']", timeout=60_000)
+    n_chips = page.locator("#output .chip.gen").count()
+    counts = page.evaluate("window.chipCounts")
+    assert n_chips > 1 and len({c for c in counts if c > 0}) > 1, counts  # chips came in more than one step
+    plain = httpx.post(
+        f"{base_url}/v1/completions",
+        json={"prompt": PROMPT, "max_tokens": 32, "temperature": 0.8, "top_k": 40, "seed": 7},
+        timeout=60,
+    ).json()
+    assert chip_text(page) == plain["choices"][0]["text"]
+    assert n_chips == plain["usage"]["completion_tokens"] or plain["choices"][0]["finish_reason"] == "stop"
+    assert re.match(r"\d+ tokens", page.inner_text("#gen-status"))
+    assert page.get_attribute("#output", "aria-busy") == "false"
+
+    # Hovering a chip shows that step's five likeliest tokens, largest first, the chosen one marked when among them.
+    page.hover("#output .chip[data-step='2']")
+    page.wait_for_selector("#probs[data-step='2']")
+    assert page.locator("#probs-bars li").count() == 5
+    assert page.locator("#probs-bars li.chosen").count() <= 1
+    widths = page.eval_on_selector_all("#probs-bars .fill", "els => els.map(e => parseFloat(e.style.width))")
+    assert widths == sorted(widths, reverse=True) and 0 < sum(widths) <= 100.01
+    # And from the keyboard: focus a chip, then the arrow keys walk the tokens.
+    page.mouse.move(0, 0)
+    page.focus("#output .chip[data-step='0']")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_selector("#probs[data-step='1']")
+    assert page.evaluate("document.activeElement.dataset.step") == "1"
+    assert page.locator("#probs-bars li").count() == 5
+
+    # Pixel pad: click the grid into each symbol and read the answer (the first one last, for the screenshot).
+    symbols = httpx.get(f"{base_url}/static/symbols.json", timeout=10).json()["symbols"]
+    for symbol in reversed(symbols):
+        draw(page, symbol["pixels"])
+        page.wait_for_selector(f"#pixel-symbol[data-symbol='{symbol['name']}']")
+        assert page.locator("#pixel-bars .symbol-row").count() == 4
+        assert page.get_attribute("#pixel-bars .symbol-row.best", "data-symbol") == symbol["name"]
+    page.focus(f"#output .chip[data-step='{min(9, n_chips - 1)}']")
+    page.screenshot(path=str(artifacts / "playground-desktop.png"), full_page=True)
+
+    # Stop: a long generation ends early, on request, and the page says so.
+    page.fill("#max_tokens", "200")
+    page.click("#generate")
+    page.wait_for_selector("#output .chip.gen")
+    page.click("#stop")
+    page.wait_for_selector("#output[data-state='stopped']")
+    assert page.locator("#output .chip.gen").count() < 200
+    assert page.is_enabled("#generate") and not page.is_enabled("#stop")
+
+    assert not problems, problems
+    if UPDATE_DOCS:
+        shutil.copy(artifacts / "playground-desktop.png", REPO / "docs" / "playground.png")
+
+
+@needs_chromium
+def test_playground_on_a_phone(browser, base_url, artifacts):
+    page, problems = open_page(
+        browser,
+        base_url,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    # Nothing wider than the screen: no sideways scrolling on a phone.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.fill("#max_tokens", "24")
+    page.fill("#seed", "1")
+    page.tap("#generate")
+    page.wait_for_selector("#output[data-state='done']", timeout=60_000)
+    page.tap("#output .chip[data-step='1']")
+    page.wait_for_selector("#probs[data-step='1']")
+    assert page.locator("#probs-bars li").count() == 5
+    draw(page, [[1, 1, 1], [1, -1, 1], [1, 1, 1]])
+    page.wait_for_selector("#pixel-symbol[data-symbol='ring']")
+    page.screenshot(path=str(artifacts / "playground-phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert not problems, problems
