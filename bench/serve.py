@@ -1,8 +1,9 @@
 """`make bench-serve`: streamed completions through HTTP vs the raw engine, at the same concurrency, in one run.
 
 The server runs as `python -m service` on a free loopback port; the client is `bench.loadgen` (closed loop, streaming,
-vLLM's definitions). The raw engine runs in this process with the same model, prompt, threads and batch limit, as a
-closed loop of the same size: its figures are the ceiling the server is measured against. A report, never a test.
+vLLM's definitions). The raw engine runs in this process with the same model, prompt and batch limit, with all the
+machine's threads (`--threads`), as a closed loop of the same size: its figures are the ceiling the server is measured
+against. A report, never a test.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class Server:
         self.env = {**os.environ, **env, "TINYSERVE_HOST": "127.0.0.1", "TINYSERVE_PORT": str(self.port)}
 
     def __enter__(self) -> Server:
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -70,7 +72,9 @@ class Server:
             self.proc.kill()
 
 
-def raw_engine(engine: Engine, prompt_ids: list[int], params: SamplingParams, concurrency: int, n: int) -> dict[str, Any]:
+def raw_engine(
+    engine: Engine, prompt_ids: list[int], params: SamplingParams, concurrency: int, n: int
+) -> dict[str, Any]:
     """A closed loop of `concurrency` sequences straight on the engine: output tokens/s and TTFT."""
     submitted, active, tokens = 0, 0, 0
     added: dict[str, float] = {}
@@ -100,8 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--requests-per-slot", type=int, default=3, help="requests per level = this x concurrency (min 8)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the raw engine (the ceiling)")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting for this run, e.g. --set torch_threads=1 (repeatable)",
+    )
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     torch.set_num_threads(args.threads)
@@ -114,11 +125,19 @@ def main(argv: list[str] | None = None) -> None:
     batch = max(levels)
 
     results: dict[int, dict[str, Any]] = {}
-    env = {"TINYSERVE_GPT_MAX_BATCH_SIZE": str(batch), "TINYSERVE_TORCH_THREADS": str(args.threads)}
+    env = {"TINYSERVE_GPT_MAX_BATCH_SIZE": str(batch)}  # the server's own thread setting, unless --set
+    env.update({f"TINYSERVE_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)})
     with Server(env) as server:
         for c in levels:
-            cfg = LoadConfig(url=server.url, concurrency=c, num_requests=sizes[c], prompts=[prompt],
-                             max_tokens=args.max_tokens, temperature=0.0, warmup=2)
+            cfg = LoadConfig(
+                url=server.url,
+                concurrency=c,
+                num_requests=sizes[c],
+                prompts=[prompt],
+                max_tokens=args.max_tokens,
+                temperature=0.0,
+                warmup=2,
+            )
             results[c] = {"server": asyncio.run(run_load(cfg))}
             print(f"server c={c}: {results[c]['server']['output_throughput']:.0f} tok/s", flush=True)
 
@@ -129,17 +148,24 @@ def main(argv: list[str] | None = None) -> None:
         print(f"engine c={c}: {results[c]['engine']['output_throughput']:.0f} tok/s", flush=True)
 
     print()
-    print(f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy, {args.threads} torch threads, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(
+        f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy, raw engine on {args.threads} torch threads"
+        f" (server: its own setting), "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}"
+    )
     print()
-    print("| concurrency | server tok/s | raw engine tok/s | server / engine | server TTFT p50 ms | TTFT p99 ms "
-          "| engine TTFT p50 ms | failures |")
+    print(
+        "| concurrency | server tok/s | raw engine tok/s | server / engine | server TTFT p50 ms | TTFT p99 ms "
+        "| engine TTFT p50 ms | failures |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in levels:
         s, e = results[c]["server"], results[c]["engine"]
-        print(f"| {c} | {s['output_throughput']:,.0f} | {e['output_throughput']:,.0f} "
-              f"| {s['output_throughput'] / e['output_throughput']:.2f} | {s['ttft_s']['median'] * 1e3:.1f} "
-              f"| {s['ttft_s']['p99'] * 1e3:.1f} | {e['ttft_s']['median'] * 1e3:.1f} | {sum(s['failures'].values())} |")
+        print(
+            f"| {c} | {s['output_throughput']:,.0f} | {e['output_throughput']:,.0f} "
+            f"| {s['output_throughput'] / e['output_throughput']:.2f} | {s['ttft_s']['median'] * 1e3:.1f} "
+            f"| {s['ttft_s']['p99'] * 1e3:.1f} | {e['ttft_s']['median'] * 1e3:.1f} | {sum(s['failures'].values())} |"
+        )
     lo, hi = min(levels), max(levels)
     ratio = results[hi]["server"]["ttft_s"]["median"] / results[lo]["server"]["ttft_s"]["median"]
     print()
