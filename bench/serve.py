@@ -25,7 +25,7 @@ import torch
 
 from bench.loadgen import LoadConfig, _stats, run_load
 from model.engine import Engine, SamplingParams
-from model.gpt import eot_id, load_gpt, load_tokenizer
+from model.gpt import decode, eot_id, load_gpt, load_tokenizer
 
 PROMPT_SOURCE = (
     "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. Arise, fair "
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tok = load_tokenizer()
     prompt_ids = tok.encode(PROMPT_SOURCE, add_special_tokens=False)[: args.prompt_tokens]
-    prompt = tok.decode(prompt_ids)
+    prompt = decode(tok, prompt_ids)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop_token_ids=(eot_id(tok),))
     sizes = {c: max(8, args.requests_per_slot * c) for c in levels}
     batch = max(levels)
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print()
     print(
-        f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy, raw engine on {args.threads} torch threads"
+        f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy, raw engine on {args.threads}"
+        " torch threads"
         f" (server: its own setting), "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}"
     )

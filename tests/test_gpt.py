@@ -36,7 +36,14 @@ def shipped_tokenizer():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "To be, or not to be, that is the question:", "naïve café, Œdipus, façade", "🐈‍⬛ 🎭🗡️", "日本語のテキスト", "\t\n  x  \r\n"],
+    [
+        "",
+        "To be, or not to be, that is the question:",
+        "naïve café, Œdipus, façade",
+        "🐈‍⬛ 🎭🗡️",
+        "日本語のテキスト",
+        "\t\n  x  \r\n",
+    ],
 )
 def test_tokenizer_round_trip_is_exact(shipped_tokenizer, text):
     ids = shipped_tokenizer.encode(text, add_special_tokens=False)
@@ -104,8 +111,9 @@ def test_seeded_sampling_is_reproducible_on_the_shipped_model(shipped_tokenizer)
 
     def sample(seed: int) -> list[int]:
         torch.manual_seed(seed)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=40, max_new_tokens=20,
-                             pad_token_id=0)
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=40, max_new_tokens=20, pad_token_id=0
+        )
         return out[0].tolist()
 
     assert sample(5) == sample(5)

@@ -22,9 +22,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A second server: an API key, and room for exactly one completion in flight."""
-    server = start_server(
-        tmp_path_factory.mktemp("guarded"), api_key=KEY, gpt_max_batch_size="1", gpt_max_waiting="0"
-    )
+    server = start_server(tmp_path_factory.mktemp("guarded"), api_key=KEY, gpt_max_batch_size="1", gpt_max_waiting="0")
     yield server
     assert not server.stop()
 
