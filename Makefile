@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve wheels docker-smoke clean distclean
+.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve bench bench-compare wheels docker-smoke clean distclean
 
 .venv: $(STAMP)
 
@@ -47,6 +47,16 @@ bench-engine: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python -m bench.serve
+
+# Load-test a running server (`make serve` first): streamed completions at 8 in flight; BENCH_ARGS for the rest,
+# e.g. make bench BENCH_ARGS='--sweep 1,2,4,8,16,32,64' (see python -m bench --help).
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -m bench --url http://$(HOST):$(PORT) $(BENCH_ARGS)
+
+# tinyserve against the raw engine, a naive FastAPI app and `transformers serve`; rewrites docs/performance.md.
+bench-compare: $(STAMP)
+	$(BIN)/python -m bench.compare
 
 # The wheelhouse the Dockerfile installs from, so that a build needs no package index: torch ($(TORCH), the CPU
 # wheel where one is on disk, or as WHEEL_ARGS point pip) and every dependency in wheels/, httpx for the loadtest

@@ -1,7 +1,8 @@
 """`make bench-compare`: tinyserve against the raw engine, a naive FastAPI app and `transformers serve`, in one run.
 
 Every HTTP server runs alone on a free loopback port, one after the other, with the same weights (model/weights/gpt),
-the same prompt, the same torch threads, and is driven by the same client (`bench.loadgen`: closed loop, streamed
+the same prompt, each with its own default settings (or the same torch threads, with --threads), and is driven by
+the same client (`bench.loadgen`: closed loop, streamed
 completions, greedy, vLLM's definitions) at each concurrency level. The raw engine runs in this process as a closed
 loop of the same size (`bench.serve.raw_engine`): the ceiling without HTTP. Then a concurrency sweep of tinyserve
 alone gives its latency-against-throughput curve. The command writes docs/performance.md with its tables and plots,
@@ -112,6 +113,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def tinyserve_default(name: str) -> int:
+    from service.settings import Settings
+
+    return int(Settings.model_fields[name].default)
+
+
+def torch_default_threads() -> int:
+    """What torch picks in a fresh process without OMP_NUM_THREADS: one thread per physical core."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
 def measure_http(url: str, levels: list[int], prompt: str, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in levels:
@@ -152,15 +171,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "prompt": prompt,
             "prompt_tokens": len(token_texts(prompt)),
             "max_tokens": args.max_tokens,
-            "threads": args.threads,
+            "threads": args.threads,  # None: each server's own default
+            "tinyserve_threads": args.threads or tinyserve_default("torch_threads"),
+            "torch_default_threads": torch_default_threads(),
+            "engine_threads": args.engine_threads,
+            "tinyserve_batch": tinyserve_default("gpt_max_batch_size"),
             "requests": {str(c): requests_at(c, args) for c in levels},
             "level_seconds": args.level_seconds,
             "sweep": sweep,
         },
         "results": {},
         "errors": {},
+        "load": {},
     }
-    threads_env = {"OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    threads_env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if args.threads:
+        threads_env["OMP_NUM_THREADS"] = str(args.threads)
     skip = {KEYS[k] for k in args.skip}
     logs = Path(tempfile.mkdtemp(prefix="bench-compare-"))
 
@@ -169,14 +195,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             data["errors"][name] = "skipped (--skip)"
             return
         print(f"{name}:", flush=True)
+        before = os.getloadavg()[0]
         try:
             data["results"][name] = fn()
+            # Other work on the machine skews a run: keep the 1-minute load average around each one.
+            data["load"][name] = [before, os.getloadavg()[0]]
         except Exception as exc:  # noqa: BLE001 - one baseline failing must not lose the others' figures
             data["errors"][name] = f"{type(exc).__name__}: {exc}"
             print(f"  failed: {data['errors'][name]}", flush=True)
 
     def tinyserve() -> dict[str, Any]:
-        with Server({"TINYSERVE_TORCH_THREADS": str(args.threads), **threads_env}) as server:
+        env = {**threads_env, **({"TINYSERVE_TORCH_THREADS": str(args.threads)} if args.threads else {})}
+        with Server(env) as server:
             out = measure_http(server.url, levels, prompt, args)
             if sweep:
                 print("  sweep:", flush=True)
@@ -192,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from model.engine import Engine, SamplingParams
         from model.gpt import eot_id, load_gpt, load_tokenizer
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.engine_threads)
         tok = load_tokenizer(WEIGHTS)
         ids = tok.encode(prompt, add_special_tokens=False)
         params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop_token_ids=(eot_id(tok),))
@@ -343,10 +373,18 @@ def render(data: dict[str, Any], doc: Path) -> str:
         "- **Definitions** (those of `vllm bench serve`): output tokens/s = completion tokens of successful "
         "requests / wall time of the level; TTFT = from just before the POST to the first chunk carrying text; "
         "medians and p99 with linear interpolation.",
-        f"- **Servers**, started one at a time on 127.0.0.1 with {st['threads']} torch threads each:",
-        "  - *tinyserve*: `python -m service` with its defaults (continuous batching up to 32 sequences).",
+        "- **Servers**, started one at a time on 127.0.0.1, "
+        + (
+            f"each with {st['threads']} torch threads (`--threads`):"
+            if st.get("threads")
+            else "each with its own defaults (torch threads: tinyserve's GPT worker "
+            f"{st['tinyserve_threads']}, its setting `TINYSERVE_TORCH_THREADS`; the others torch's default, "
+            f"{st['torch_default_threads']} here):"
+        ),
+        f"  - *tinyserve*: `python -m service` (continuous batching of up to {st['tinyserve_batch']} sequences).",
         "  - *raw engine*: `model.engine.Engine` driven in-process by `bench.serve.raw_engine` (no HTTP, no "
-        "tokenizer, no client): the ceiling. Its TTFT counts from `add_request`.",
+        f"tokenizer, no client, {st['engine_threads']} torch threads): the ceiling. Its TTFT counts from "
+        "`add_request`.",
         "  - *naive FastAPI + generate*: `bench/naive_app.py`, the app a user writes first: a sync handler per "
         "request starting `model.generate` in a thread with a `TextIteratorStreamer` (streaming, so TTFT is the "
         "first text it yields; the streamer holds text back to a word boundary, as users see it).",
@@ -360,7 +398,14 @@ def render(data: dict[str, Any], doc: Path) -> str:
         f"{m['os']}; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
         f"LitServe {m['litserve']}. Load average at the start: "
         + " / ".join(f"{x:.2f}" for x in m["load_average_at_start"])
-        + ". Client and server share the cores, as they would in a sidecar load test.",
+        + ". Client and server share the cores, as they would in a sidecar load test."
+        + (
+            " 1-minute load average before / after each server's run: "
+            + "; ".join(f"{t} {a:.1f} / {b:.1f}" for t, (a, b) in data["load"].items())
+            + "."
+            if data.get("load")
+            else ""
+        ),
         "",
         "## Output tokens/s",
         "",
@@ -444,9 +489,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--requests-per-slot", type=int, default=4, help="requests per level = this x concurrency")
     p.add_argument("--min-requests", type=int, default=16, help="at least this many requests per level")
-    p.add_argument("--level-seconds", type=float, default=240.0, help="no request starts later in a level")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds one request may take")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of every server")
+    p.add_argument("--level-seconds", type=float, default=120.0, help="no request starts later in a level")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of every server (default: their own)")
+    p.add_argument("--engine-threads", type=int, default=2, help="torch threads of the raw engine")
     p.add_argument("--sweep", default="1,2,4,8,16,32,64", help="tinyserve sweep levels ('' for none)")
     p.add_argument("--skip", nargs="*", default=[], choices=list(KEYS), help="targets not to run")
     p.add_argument("--doc", type=Path, default=REPO / "docs" / "performance.md", help="the page to write")

@@ -287,13 +287,15 @@ class CompletionsSpec(LitSpec):
                 work.cancel()
                 if gone.done():
                     return JSONResponse(status_code=499, content=openai_error("client closed the request"))
+                # The client's own `timeout` running out is its request's doing (408); the server's deadline is 504.
+                own = body.timeout is not None and body.timeout <= self.settings.request_deadline_seconds
                 return JSONResponse(
-                    status_code=504,
+                    status_code=408 if own else 504,
                     content=openai_error(
                         f"the request took longer than its deadline of {deadline:g} s",
                         "timeout",
                         "deadline_exceeded",
-                        "server_error",
+                        "invalid_request_error" if own else "server_error",
                     ),
                 )
             work.result()

@@ -68,6 +68,10 @@ def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer
         server.app.add_api_route(path, metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
     add_playground(server.app, settings.pixels_dir)  # GET / becomes the playground page
     install_error_handlers(server.app)
+    # LitServe's /health answers plain text; keep it out of the OpenAPI document, which would promise JSON.
+    for route in server.app.routes:
+        if getattr(route, "path", None) == "/health":
+            route.include_in_schema = False  # type: ignore[attr-defined]
     server.app.add_middleware(Guard, settings=settings, drain=drain or Drain())
     if settings.cors_origins:  # closed unless origins are configured
         server.app.add_middleware(

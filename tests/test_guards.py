@@ -84,13 +84,13 @@ def test_a_stream_past_its_deadline_ends_with_an_error_chunk_and_frees_its_slot(
     assert metric_value(base_url, "tinyserve_gpt_requests_running") == 0
 
 
-def test_a_non_streamed_request_past_its_deadline_is_504(base_url):
+def test_a_non_streamed_request_past_its_own_timeout_is_408(base_url):
     r = httpx.post(
         f"{base_url}/v1/completions",
         json={"prompt": "KING.", "max_tokens": 240, "temperature": 0, "timeout": 0.2},
         timeout=60,
     )
-    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+    assert r.status_code == 408 and r.json()["error"]["code"] == "deadline_exceeded"
 
 
 def test_sigterm_drains_in_flight_streams_then_exits_cleanly(tmp_path):
@@ -121,3 +121,17 @@ def test_sigterm_drains_in_flight_streams_then_exits_cleanly(tmp_path):
     assert server.process.wait(30) == 0
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
+
+
+def test_oversized_body_is_413(base_url):
+    huge = {"prompt": "x" * (2 * 1024 * 1024)}  # above the 1 MiB default max_payload_size
+    r = httpx.post(f"{base_url}/v1/completions", json=huge, timeout=30)
+    assert r.status_code == 413
+
+
+def test_cors_is_closed_by_default(base_url):
+    r = httpx.options(
+        f"{base_url}/v1/completions",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in r.headers
