@@ -95,4 +95,3 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="session")
 def base_url(server: ServerProcess) -> str:
     return server.url
-
