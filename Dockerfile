@@ -36,8 +36,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     TINYSERVE_HOST=0.0.0.0 \
     TINYSERVE_PORT=8000
-RUN groupadd --system --gid 10001 tinyserve \
- && useradd --system --uid 10001 --gid tinyserve --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tinyserve
+# A fixed uid/gid (10001), outside the range of system accounts: Kubernetes' runAsUser names it.
+RUN groupadd --gid 10001 tinyserve \
+ && useradd --uid 10001 --gid tinyserve --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tinyserve
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 USER 10001:10001

@@ -146,10 +146,17 @@ check_endpoints() {
 
     [[ $(docker exec "$CONTAINER" id -u) != 0 ]] || fail "the server runs as root"
     log "endpoints answered: /health, /v1/classify, streamed /v1/completions, /metrics; non-root user"
+    log "memory in use: $(docker stats --no-stream --format '{{.MemUsage}}' "$CONTAINER")"
 }
 
 stop_container() {
-    local start_ns elapsed_ms code
+    local start_ns elapsed_ms code stream_pid
+    # A stream in flight when SIGTERM arrives must be allowed to finish (the drain), not be cut off.
+    curl -fsSN --max-time 30 "$URL/v1/completions" -H 'content-type: application/json' \
+        -d '{"prompt": "KING.\n", "max_tokens": 100, "stream": true, "stream_options": {"include_usage": true}}' \
+        >"$WORK/in-flight.txt" 2>&1 &
+    stream_pid=$!
+    sleep 0.3
     start_ns=$(date +%s%N)
     docker stop "$CONTAINER" >/dev/null
     elapsed_ms=$((($(date +%s%N) - start_ns) / 1000000))
@@ -158,6 +165,9 @@ stop_container() {
     # docker stop SIGKILLs after 10 s (exit code 137): a clean drain ends before that with 0.
     [[ "$code" == 0 ]] || fail "exit code $code after docker stop"
     ((elapsed_ms < 10000)) || fail "stop took ${elapsed_ms} ms, past docker's 10 s grace period"
+    wait "$stream_pid" || fail "the stream in flight at SIGTERM failed: $(cat "$WORK/in-flight.txt")"
+    grep -q 'data: \[DONE\]' "$WORK/in-flight.txt" || fail "the stream in flight at SIGTERM was cut: $(tail -c 300 "$WORK/in-flight.txt")"
+    log "the stream in flight at SIGTERM finished: $(grep -o '"completion_tokens":[0-9]*' "$WORK/in-flight.txt")"
     docker logs "$CONTAINER" 2>&1 | tail -n 5 | sed 's/^/    /'
 }
 

@@ -142,7 +142,9 @@ def first_token_samples(model, prompt, params: SamplingParams, n: int) -> list[i
     requests = [(f"s{i}", prompt, dataclasses.replace(params, seed=i)) for i in range(n)]
     requests += [(f"n{i}", prompt, neighbour) for i in range(n)]
     events = run(Engine(model, max_batch_size=64), {0: requests})
-    return [events[f"s{i}"][0].token_id for i in range(n)]
+    firsts = [events[f"s{i}"][0].token_id for i in range(n)]
+    assert all(t is not None for t in firsts)
+    return [t for t in firsts if t is not None]
 
 
 def test_sampling_follows_the_tempered_distribution(model):
@@ -177,6 +179,7 @@ def test_logprobs_match_a_plain_forward(model, params):
         with torch.no_grad():
             lp = model(torch.tensor([seq])).logits[0, -1].float().log_softmax(-1)  # raw: before temperature
         top = lp.topk(params.logprobs)
+        assert ev.top_logprobs is not None and ev.logprob is not None and ev.token_id is not None
         assert [t for t, _ in ev.top_logprobs] == top.indices.tolist()
         assert torch.allclose(torch.tensor([p for _, p in ev.top_logprobs]).exp(), top.values.exp(), atol=1e-4)
         assert abs(ev.logprob - lp[ev.token_id].item()) < 1e-4
@@ -300,7 +303,8 @@ def test_requests_added_from_another_thread(model):
 
 
 def test_runs_in_the_models_dtype():
-    model = tiny_gpt().to(torch.bfloat16)
+    model = tiny_gpt()
+    model.to(torch.bfloat16)  # type: ignore[arg-type]  # transformers types `to` oddly
     engine = Engine(model)
     evs = run(
         engine,
@@ -312,4 +316,6 @@ def test_runs_in_the_models_dtype():
         },
     )
     assert len(evs["b"]) == 6 and len(evs["g"]) == 6
-    assert all(isinstance(e.logprob, float) and len(e.top_logprobs) == 2 for e in evs["b"])
+    assert all(
+        isinstance(e.logprob, float) and e.top_logprobs is not None and len(e.top_logprobs) == 2 for e in evs["b"]
+    )
