@@ -12,22 +12,31 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS builder
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
-# Dependencies first, in their own layer: they change far less often than the project wheel.
-COPY wheels/*.whl /wheels/
 # Every wheel in the folder is a dependency of the project (or httpx, for the loadtest target below). The
-# wheelhouse fixes every version, so there is nothing to pin here.
+# wheelhouse fixes every version, so there is nothing to pin here. pip compiles the bytecode now, once: at run time
+# the root filesystem may be read-only, and every process would compile torch again.
+COPY wheels/*.whl /wheels/
 # hadolint ignore=DL3013
 RUN /opt/venv/bin/pip install --no-index --find-links /wheels /wheels/*.whl \
  && /opt/venv/bin/pip install --no-index --find-links /wheels --target /opt/loadtest-libs httpx
-COPY wheels/app/*.whl /wheels/app/
-RUN /opt/venv/bin/pip install --no-index --find-links /wheels /wheels/app/*.whl \
- && /opt/venv/bin/python -c "import service.server"
 
 FROM ${BASE_IMAGE} AS runtime
+# A fixed uid/gid (10001), outside the range of system accounts: Kubernetes' runAsUser names it.
+RUN groupadd --gid 10001 tinyserve \
+ && useradd --uid 10001 --gid tinyserve --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tinyserve
+# The dependencies (about 1 GB) are one layer that stays cached while only the project changes.
+COPY --from=builder /opt/venv /opt/venv
+# The project (code and weights, about 10 MB) in layers of its own; pip check confirms the dependencies it declares
+# are all there, and the import that every piece loads.
+COPY wheels/app/*.whl /tmp/app/
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --no-deps /tmp/app/*.whl \
+ && rm -rf /tmp/app \
+ && /opt/venv/bin/pip check --disable-pip-version-check \
+ && PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python -c "import service.server"
 # HF_HOME and the metrics directory live under /tmp: the root filesystem may be mounted read-only (Kubernetes),
-# and /tmp is then an emptyDir. PYTHONDONTWRITEBYTECODE: pip already compiled the venv; nothing to write at run time.
+# and /tmp is then an emptyDir. PYTHONDONTWRITEBYTECODE: pip compiled everything; nothing to write at run time.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -36,10 +45,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     TINYSERVE_HOST=0.0.0.0 \
     TINYSERVE_PORT=8000
-# A fixed uid/gid (10001), outside the range of system accounts: Kubernetes' runAsUser names it.
-RUN groupadd --gid 10001 tinyserve \
- && useradd --uid 10001 --gid tinyserve --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tinyserve
-COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8000

@@ -202,6 +202,16 @@ def markdown_table(levels: Sequence[dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def log_axis(ax: Any) -> None:
+    """A log y axis labelled 1, 2, 5, 10, 20, ... in plain numbers (the default 2x10^1 is hard to read)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_sweep(levels: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     """Latency against throughput, one point per level, labelled with its concurrency."""
     import matplotlib
@@ -232,7 +242,7 @@ def plot_sweep(levels: Sequence[dict[str, Any]], path: Path, title: str = "") ->
             )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{name} (ms)")
-        ax.set_yscale("log")
+        log_axis(ax)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.suptitle(title or f"{levels[0]['config']['endpoint']}: latency against throughput")

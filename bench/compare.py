@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.__main__ import markdown_table, plot_sweep
+from bench.__main__ import log_axis, markdown_table, plot_sweep
 from bench.loadgen import LoadConfig, jsonable, run_load
 from bench.prompts import build_prompts, local_tokenizer
 from bench.serve import Server, free_port, raw_engine
@@ -160,6 +160,11 @@ def requests_at(c: int, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads is None:
+        # The same torch threads for every server, tinyserve's default: on a small machine where the client shares
+        # the cores, the baselines can be faster with fewer threads than torch's default, so giving them the same
+        # count is the fair comparison; --threads 0 leaves each server its own default instead.
+        args.threads = tinyserve_default("torch_threads")
     levels = [int(c) for c in args.concurrency.split(",")]
     sweep = [int(c) for c in args.sweep.split(",")] if args.sweep else []
     token_texts = local_tokenizer(WEIGHTS)
@@ -174,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "threads": args.threads,  # None: each server's own default
             "tinyserve_threads": args.threads or tinyserve_default("torch_threads"),
             "torch_default_threads": torch_default_threads(),
-            "engine_threads": args.engine_threads,
+            "engine_threads": args.engine_threads or args.threads or tinyserve_default("torch_threads"),
             "tinyserve_batch": tinyserve_default("gpt_max_batch_size"),
             "requests": {str(c): requests_at(c, args) for c in levels},
             "level_seconds": args.level_seconds,
@@ -222,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from model.engine import Engine, SamplingParams
         from model.gpt import eot_id, load_gpt, load_tokenizer
 
-        torch.set_num_threads(args.engine_threads)
+        torch.set_num_threads(data["settings"]["engine_threads"])
         tok = load_tokenizer(WEIGHTS)
         ids = tok.encode(prompt, add_special_tokens=False)
         params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop_token_ids=(eot_id(tok),))
@@ -264,6 +269,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 # ---- the report ---------------------------------------------------------------------------------------------------
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
         return None
@@ -301,7 +310,7 @@ def plot_compare(data: dict[str, Any], path: Path) -> None:
     for ax, ylabel in ((ax1, "output tokens/s"), (ax2, "TTFT median (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])
-        ax.set_yscale("log")
+        log_axis(ax)
         ax.set_xlabel("concurrency (requests in flight)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
@@ -375,7 +384,8 @@ def render(data: dict[str, Any], doc: Path) -> str:
         "medians and p99 with linear interpolation.",
         "- **Servers**, started one at a time on 127.0.0.1, "
         + (
-            f"each with {st['threads']} torch threads (`--threads`):"
+            f"each with {_n(st['threads'], 'torch thread')} (tinyserve's default; `--threads 0` leaves every "
+            "server its own default):"
             if st.get("threads")
             else "each with its own defaults (torch threads: tinyserve's GPT worker "
             f"{st['tinyserve_threads']}, its setting `TINYSERVE_TORCH_THREADS`; the others torch's default, "
@@ -383,7 +393,7 @@ def render(data: dict[str, Any], doc: Path) -> str:
         ),
         f"  - *tinyserve*: `python -m service` (continuous batching of up to {st['tinyserve_batch']} sequences).",
         "  - *raw engine*: `model.engine.Engine` driven in-process by `bench.serve.raw_engine` (no HTTP, no "
-        f"tokenizer, no client, {st['engine_threads']} torch threads): the ceiling. Its TTFT counts from "
+        f"tokenizer, no client, {_n(st['engine_threads'], 'torch thread')}): the ceiling. Its TTFT counts from "
         "`add_request`.",
         "  - *naive FastAPI + generate*: `bench/naive_app.py`, the app a user writes first: a sync handler per "
         "request starting `model.generate` in a thread with a `TextIteratorStreamer` (streaming, so TTFT is the "
@@ -491,8 +501,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-requests", type=int, default=16, help="at least this many requests per level")
     p.add_argument("--level-seconds", type=float, default=120.0, help="no request starts later in a level")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
-    p.add_argument("--threads", type=int, default=None, help="torch threads of every server (default: their own)")
-    p.add_argument("--engine-threads", type=int, default=2, help="torch threads of the raw engine")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads of every server (default: tinyserve's; 0: their own)"
+    )
+    p.add_argument(
+        "--engine-threads", type=int, default=None, help="torch threads of the raw engine (default: as tinyserve's)"
+    )
     p.add_argument("--sweep", default="1,2,4,8,16,32,64", help="tinyserve sweep levels ('' for none)")
     p.add_argument("--skip", nargs="*", default=[], choices=list(KEYS), help="targets not to run")
     p.add_argument("--doc", type=Path, default=REPO / "docs" / "performance.md", help="the page to write")

@@ -10,9 +10,10 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 
 
-def health_url(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+def health_url(environ: Mapping[str, str] = os.environ) -> str:
     """The loopback URL of /health for the server configured by this environment."""
     port = environ.get("TINYSERVE_PORT", "8000")
     # A server bound to `::` is reached on the IPv6 loopback; 0.0.0.0 and 127.0.0.1 on the IPv4 one.
