@@ -27,7 +27,7 @@ from starlette.requests import Request
 from transformers import GPT2Config, PreTrainedTokenizerFast
 
 from model.engine import SamplingParams
-from model.gpt import decode, eot_id, load_tokenizer
+from model.gpt import decode, encode, eot_id, load_tokenizer
 from service.errors import error_content, openai_error
 from service.gpt_worker import CANCEL, FANOUT_UID, sampling_payload
 from service.schemas.completions import (
@@ -132,7 +132,7 @@ class CompletionsSpec(LitSpec):
 
     async def tokenize(self, body: TokenizeRequest) -> TokenizeResponse:
         self.check_model(body.model)
-        ids = self.tok.encode(body.prompt, add_special_tokens=False)
+        ids = encode(self.tok, body.prompt)
         return TokenizeResponse(
             count=len(ids),
             max_model_len=self.context_length,
@@ -154,7 +154,7 @@ class CompletionsSpec(LitSpec):
 
     def _prompt_ids(self, prompt: str, max_tokens: int) -> list[int]:
         # An empty prompt starts from the document separator, as GPT-2 does.
-        ids = self.tok.encode(prompt, add_special_tokens=False) or [self.eot_id]
+        ids = encode(self.tok, prompt) or [self.eot_id]
         if len(ids) >= self.context_length:
             raise HTTPException(
                 400,

@@ -11,7 +11,7 @@ from typing import Any
 import litserve as ls
 import torch
 
-from model.gpt import eot_id, load_gpt, load_tokenizer
+from model.gpt import encode, eot_id, load_gpt, load_tokenizer
 from service.schemas.completions import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from service.settings import Settings
 
@@ -41,7 +41,7 @@ class EmbeddingsAPI(ls.LitAPI):
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
-        ids = [(self.tok.encode(t, add_special_tokens=False) or [self.eot])[: self.context] for t in texts]
+        ids = [(encode(self.tok, t) or [self.eot])[: self.context] for t in texts]
         lengths = [len(i) for i in ids]
         width = max(lengths)
         input_ids = torch.full((len(ids), width), self.eot, dtype=torch.long)
