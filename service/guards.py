@@ -2,7 +2,7 @@
 
 A pure ASGI middleware (not BaseHTTPMiddleware, which would buffer streamed responses): a request over its path's
 limit is answered 503 with Retry-After at once, in OpenAI's error shape, so a client backs off instead of queueing
-without bound. Limits count requests of one API-server process; with N API servers the server holds N times as many.
+without bound. Limits count the requests of all API-server processes together (shared memory).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import json
 import multiprocessing as mp
-from collections import defaultdict
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,8 +24,13 @@ PROTECTED_PREFIX = "/v1/"
 ALWAYS_OPEN = ("/metrics", "/metrics/")
 
 
+# Paths whose requests in flight are bounded (by settings), counted across all API-server processes.
+LIMITED_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/classify")
+
+
 class Drain:
-    """Shutdown state shared by the forked API servers: a draining flag, and the requests in flight in all of them.
+    """State shared by the forked API servers: a draining flag, the requests in flight in all of them, and the
+    in-flight count of each limited path.
 
     Made in the main process before LitServe forks its HTTP servers, so every copy points at the same memory.
     """
@@ -34,6 +38,7 @@ class Drain:
     def __init__(self) -> None:
         self.draining = mp.Value("b", 0)
         self.inflight = mp.Value("i", 0)
+        self.per_path = {path: mp.Value("i", 0) for path in LIMITED_PATHS}
 
     def start(self) -> None:
         self.draining.value = 1
@@ -71,7 +76,6 @@ class Guard:
             "/v1/embeddings": settings.embeddings_max_inflight,
             "/v1/classify": settings.classify_max_inflight,
         }
-        self.inflight: defaultdict[str, int] = defaultdict(int)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,7 +123,12 @@ class Guard:
         if limit is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        if self.inflight[path] >= limit:
+        count = self.drain.per_path[path]
+        with count.get_lock():  # check and take a place in one step, across processes
+            admitted = count.value < limit
+            if admitted:
+                count.value += 1
+        if not admitted:
             metrics.REJECTED.labels(path, "overloaded").inc()
             await _reply(
                 send,
@@ -133,8 +142,8 @@ class Guard:
                 [(b"retry-after", b"1")],
             )
             return
-        self.inflight[path] += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.inflight[path] -= 1
+            with count.get_lock():
+                count.value -= 1
