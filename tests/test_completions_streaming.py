@@ -129,3 +129,37 @@ def test_openai_sdk_works_unchanged(base_url):
         assert "temperature" in str(exc)
     else:
         raise AssertionError("a bad temperature was accepted")
+
+
+def test_a_hundred_dropped_streams_leave_nothing_running_and_no_memory_behind(server):
+    import psutil
+
+    def rss() -> int:
+        procs = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
+        return sum(p.memory_info().rss for p in procs if p.is_running())
+
+    async def wave(client: httpx.AsyncClient, n: int) -> list[dict]:
+        body = {"prompt": PROMPT, "max_tokens": 200, "temperature": 0.8}
+        return await asyncio.gather(*(_stream(client, server.url, {**body, "seed": i}, drop_after=2) for i in range(n)))
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+            await wave(client, 20)  # warm-up: caches and allocator pools reach their working size
+            before = rss()
+            cancelled_before = metric_value(server.url, FINISHED, {"finish_reason": "cancelled"})
+            tokens_before = metric_value(server.url, "tinyserve_gpt_generation_tokens_total")
+            for _ in range(5):
+                dropped = await wave(client, 20)
+                assert all(d["chunks"] == 2 and not d["done"] for d in dropped)
+            deadline = time.monotonic() + 10
+            while metric_value(server.url, RUNNING) > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert metric_value(server.url, RUNNING) == 0
+            assert metric_value(server.url, "tinyserve_gpt_requests_waiting") == 0
+            # Each was cancelled, not generated to its end: 200 tokens apiece would be 20,000.
+            assert metric_value(server.url, FINISHED, {"finish_reason": "cancelled"}) - cancelled_before == 100
+            assert metric_value(server.url, "tinyserve_gpt_generation_tokens_total") - tokens_before < 100 * 20
+            grown = rss() / before - 1
+            assert grown < 0.10, f"server memory grew {grown:.1%} over 100 dropped streams"
+
+    asyncio.run(main())
