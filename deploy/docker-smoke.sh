@@ -4,9 +4,10 @@
 # Installs docker.io and debootstrap when missing (apt-get, as root), starts dockerd when no engine answers, builds a
 # Debian base image with debootstrap when `tinyserve-base:bookworm` is absent (../shared/notes/docker.md), makes the
 # wheelhouse, builds the image, runs it read-only as in Kubernetes, waits for the HEALTHCHECK to say healthy, checks
-# /health, a classification, a streamed completion and /metrics, then `docker stop`s it and requires exit code 0 within
-# docker's 10 s grace period. It skips (exit 0, saying why) only when the engine itself cannot start here; a failed
-# build or check fails the run.
+# /health, a classification, a streamed completion and /metrics, runs the loadtest image against it, then
+# `docker stop`s it during a stream: the stream must finish and the container exit 0 within docker's 10 s grace
+# period. It skips (exit 0, saying why) only when the engine itself cannot start here; a failed build or check fails
+# the run.
 #
 # Environment: BASE_IMAGE (default tinyserve-base:bookworm; python:3.11-slim where a registry is reachable),
 # IMAGE (default tinyserve:smoke), SMOKE_PORT (default 18000), HEALTHY_TIMEOUT_S (default 300).
@@ -158,6 +159,17 @@ check_endpoints() {
     log "memory in use: $(docker stats --no-stream --format '{{.MemUsage}}' "$CONTAINER")"
 }
 
+check_loadtest_image() {
+    # compose's loadtest profile runs this target: it must drive the server (host network: the URL is loopback).
+    local report
+    docker build --build-arg "BASE_IMAGE=$BASE_IMAGE" --target loadtest -t "$IMAGE-loadtest" . >>"$WORK/build.log" 2>&1 \
+        || { tail -n 40 "$WORK/build.log"; fail "docker build --target loadtest"; }
+    report=$(docker run --rm --network host --read-only --tmpfs /tmp "$IMAGE-loadtest" --url "$URL" \
+        --concurrency 2 --num-requests 4 --max-tokens 8 --no-progress 2>&1) || fail "the loadtest image: $report"
+    grep -qE '^Successful requests: +4$' <<<"$report" || fail "the loadtest image reported: $report"
+    log "the loadtest image ran 4 streamed completions against the container"
+}
+
 stop_container() {
     local start_ns elapsed_ms code stream_pid
     # A stream in flight when SIGTERM arrives must be allowed to finish (the drain), not be cut off.
@@ -189,5 +201,6 @@ docker run -d --name "$CONTAINER" -p "127.0.0.1:${SMOKE_PORT}:8000" \
     --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges "$IMAGE" >/dev/null
 wait_healthy
 check_endpoints
+check_loadtest_image
 stop_container
 log "PASS"

@@ -77,6 +77,10 @@ class Guard:
             "/v1/classify": settings.classify_max_inflight,
         }
 
+    def _label(self, path: str) -> str:
+        # Only known paths become label values: a scanner's random URLs must not create new series.
+        return path if path in self.limits else "other"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -87,7 +91,7 @@ class Guard:
             return
         if self.drain.active:
             # SIGTERM: health says so (the orchestrator stops routing here) and new work goes elsewhere.
-            metrics.REJECTED.labels(path, "shutting_down").inc()
+            metrics.REJECTED.labels(self._label(path), "shutting_down").inc()
             await _reply(
                 send,
                 503,
@@ -106,7 +110,7 @@ class Guard:
             given = dict(scope["headers"]).get(b"authorization", b"")
             # Constant-time comparison: the time taken must not tell how much of a guess was right.
             if not hmac.compare_digest(given, self.expected):
-                metrics.REJECTED.labels(path, "unauthorized").inc()
+                metrics.REJECTED.labels(self._label(path), "unauthorized").inc()
                 await _reply(
                     send,
                     401,
@@ -129,7 +133,7 @@ class Guard:
             if admitted:
                 count.value += 1
         if not admitted:
-            metrics.REJECTED.labels(path, "overloaded").inc()
+            metrics.REJECTED.labels(self._label(path), "overloaded").inc()
             await _reply(
                 send,
                 503,
