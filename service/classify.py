@@ -55,4 +55,5 @@ class ClassifyAPI(ls.LitAPI):
     def encode_response(self, output: list[float] | torch.Tensor) -> ClassifyResponse:
         probs = output.tolist() if isinstance(output, torch.Tensor) else output
         best = max(range(len(probs)), key=probs.__getitem__)
+        metrics.CLASSIFY_PREDICTIONS.labels(self.symbols[best]).inc()
         return ClassifyResponse(symbol=self.symbols[best], probabilities=dict(zip(self.symbols, probs, strict=True)))

@@ -54,6 +54,12 @@ CLASSIFY_BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
     registry=None,
 )
+CLASSIFY_PREDICTIONS = Counter(
+    "tinyserve_classify_predictions",
+    "Classify answers, by the symbol answered.",
+    ["symbol"],
+    registry=None,
+)
 CLASSIFY_PREDICT_SECONDS = Histogram(
     "tinyserve_classify_predict_seconds",
     "Seconds for one batched forward pass of the pixel classifier (tensor in, probabilities out).",

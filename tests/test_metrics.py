@@ -98,3 +98,12 @@ def test_promtool_finds_nothing_to_report(base_url: str) -> None:
     assert "tinyserve_http_requests_total{" in text and "tinyserve_gpt_requests_finished_total{" in text
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+def test_classify_predictions_are_counted_by_symbol(base_url: str) -> None:
+    name = "tinyserve_classify_predictions_total"
+    before = metric_value(base_url, name, {"symbol": "plus"})
+    plus = [[-1, 1, -1], [1, 1, 1], [-1, 1, -1]]
+    for _ in range(3):
+        assert httpx.post(f"{base_url}/v1/classify", json={"pixels": plus}).json()["symbol"] == "plus"
+    assert metric_value(base_url, name, {"symbol": "plus"}) - before == 3
