@@ -30,6 +30,7 @@ from model.engine import SamplingParams
 from model.gpt import decode, encode, eot_id, load_tokenizer
 from service.errors import error_content, openai_error
 from service.gpt_worker import CANCEL, FANOUT_UID, sampling_payload
+from service.guards import Drain
 from service.schemas.completions import (
     Completion,
     CompletionChoice,
@@ -76,12 +77,14 @@ class CompletionsSpec(LitSpec):
         self.vocab_size = 0
         self.created = int(time.time())
         self._fanout: asyncio.Task[None] | None = None
+        self.drain: Drain | None = None  # set by build_server: tells when a worker has died
 
     def __getstate__(self) -> dict[str, Any]:
         # The worker never tokenizes; keep the tokenizer out of the pickle that spawns it.
         state = super().__getstate__()
         state["_tok"] = None
         state["_fanout"] = None
+        state["drain"] = None  # shared memory of the API servers; the spawned worker has no use for it
         return state
 
     @property
@@ -185,7 +188,12 @@ class CompletionsSpec(LitSpec):
     async def _fan_out(self, inbox: ResponseBufferItem) -> None:
         assert inbox.response_queue is not None
         while True:
-            await inbox.event.wait()
+            try:
+                await asyncio.wait_for(inbox.event.wait(), timeout=0.25)
+            except TimeoutError:
+                if self.drain is not None and self.drain.failed:
+                    self._fail_open_streams()
+                continue
             inbox.event.clear()
             while inbox.response_queue:
                 box, _ = inbox.response_queue.popleft()
@@ -194,6 +202,19 @@ class CompletionsSpec(LitSpec):
                     if target is not None and target.response_queue is not None:
                         target.response_queue.append((data, status))
                         target.event.set()
+
+    def _fail_open_streams(self) -> None:
+        """A worker died: end every open generation of this API server with a 503 instead of a hang."""
+        error = pickle.dumps(
+            HTTPException(
+                503,
+                openai_error("the model worker died; the server is restarting", None, "worker_died", "server_error"),
+            )
+        )
+        for uid, item in list(self.response_buffer.items()):
+            if uid != FANOUT_UID and item.response_queue is not None:
+                item.response_queue.append((error, LitAPIStatus.ERROR))
+                item.event.set()
 
     def _submit(self, prompt_ids: list[int], params: SamplingParams) -> str:
         self._ensure_fanout()

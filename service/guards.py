@@ -37,6 +37,7 @@ class Drain:
 
     def __init__(self) -> None:
         self.draining = mp.Value("b", 0)
+        self.worker_died = mp.Value("b", 0)
         self.inflight = mp.Value("i", 0)
         self.per_path = {path: mp.Value("i", 0) for path in LIMITED_PATHS}
 
@@ -46,6 +47,10 @@ class Drain:
     @property
     def active(self) -> bool:
         return bool(self.draining.value)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.worker_died.value)
 
     def add(self, n: int) -> None:
         with self.inflight.get_lock():
@@ -89,13 +94,15 @@ class Guard:
         if path in ALWAYS_OPEN:
             await self.app(scope, receive, send)
             return
-        if self.drain.active:
-            # SIGTERM: health says so (the orchestrator stops routing here) and new work goes elsewhere.
+        if self.drain.active or self.drain.failed:
+            # SIGTERM, or a dead worker: health says so (the orchestrator stops routing here, or restarts us) and
+            # new work goes elsewhere.
             metrics.REJECTED.labels(self._label(path), "shutting_down").inc()
+            why = "a model worker died; the server is restarting" if self.drain.failed else "server shutting down"
             await _reply(
                 send,
                 503,
-                openai_error("server shutting down", None, "shutting_down", "server_error"),
+                openai_error(why, None, "worker_died" if self.drain.failed else "shutting_down", "server_error"),
                 [(b"retry-after", b"1"), (b"connection", b"close")],
             )
             return

@@ -49,7 +49,11 @@ def workers_per_device(settings: Settings, apis: list[ls.LitAPI]) -> dict[str, i
 
 def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer:
     """The LitServer for all APIs, plus GET /metrics and the playground at GET /; nothing runs until `run()`."""
+    drain = drain or Drain()
     apis = build_apis(settings)
+    for api in apis:
+        if isinstance(api.spec, CompletionsSpec):
+            api.spec.drain = drain
     server = ls.LitServer(
         apis,
         accelerator=settings.accelerator,
@@ -72,7 +76,9 @@ def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer
     for route in server.app.routes:
         if getattr(route, "path", None) == "/health":
             route.include_in_schema = False  # type: ignore[attr-defined]
-    server.app.add_middleware(Guard, settings=settings, drain=drain or Drain())
+    server.app.add_middleware(Guard, settings=settings, drain=drain)
+    # serve() watches the workers itself: LitServe's monitor would cut open streams without a word.
+    server._monitor_workers = False
     if settings.cors_origins:  # closed unless origins are configured
         server.app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
@@ -139,12 +145,40 @@ def _stop_children(grace: float) -> None:
             child.join(1.0)
 
 
+def _watch_workers(server: ls.LitServer, drain: Drain) -> None:
+    """If an inference worker dies (OOM killer, SIGKILL), fail open requests with a 503, then stop with exit 1.
+
+    Open streams get an error chunk from their API server (see CompletionsSpec), /health and new requests 503 at
+    once; after a moment for those answers to go out, the server stops so the orchestrator restarts it whole.
+    """
+    while True:
+        time.sleep(0.25)
+        if drain.active:
+            return  # an orderly shutdown stops workers on purpose
+        workers = list(getattr(server, "inference_workers", []))
+        event = getattr(server, "_shutdown_event", None)
+        dead = [w for w in workers if w.exitcode is not None]
+        if not dead or event is None:
+            continue
+        logger.error(
+            "inference worker %s died (exit code %s); failing open requests and stopping",
+            dead[0].name,
+            dead[0].exitcode,
+        )
+        drain.worker_died.value = 1
+        time.sleep(1.5)
+        drain.start()
+        event.set()
+        return
+
+
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM or Ctrl+C; every process it started is gone on return."""
     metrics.clear_samples()
     drain = Drain()
     server = build_server(settings, drain)
     _install_sigterm_handler(server, drain, settings.shutdown_grace_seconds)
+    threading.Thread(target=_watch_workers, args=(server, drain), name="worker-watch", daemon=True).start()
     try:
         server.run(
             host=settings.host,
@@ -159,3 +193,5 @@ def serve(settings: Settings) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _stop_children(grace=5.0)
         metrics.remove_samples_dir()
+    if drain.failed:
+        raise SystemExit(1)  # so that the orchestrator (Docker, Kubernetes) starts a fresh server

@@ -135,3 +135,39 @@ def test_cors_is_closed_by_default(base_url):
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert "access-control-allow-origin" not in r.headers
+
+
+def test_a_killed_worker_fails_open_streams_with_503_and_the_server_exits_for_a_restart(tmp_path):
+    server = start_server(tmp_path)
+    events: list[str] = []
+    first = threading.Event()
+
+    def long_stream() -> None:
+        body = {"prompt": "KING.", "max_tokens": 240, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as r:
+            for event in sse_events(r.iter_lines()):
+                first.set()
+                events.append(event)
+
+    t = threading.Thread(target=long_stream)
+    t.start()
+    assert first.wait(60)
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    workers = [p for p in children if "spawn_main" in " ".join(p.cmdline())]
+    for w in workers:
+        w.cpu_percent(None)
+    time.sleep(0.3)
+    gpt_worker = max(workers, key=lambda w: w.cpu_percent(None))  # the one generating
+    gpt_worker.kill()
+    t.join(30)
+    assert not t.is_alive(), "the open stream hung"
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "worker_died"
+    try:
+        health = httpx.get(f"{server.url}/health", timeout=5).status_code
+    except httpx.TransportError:
+        health = None  # already gone
+    assert health != 200
+    assert server.process.wait(30) == 1
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
