@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve bench bench-compare wheels docker-smoke clean distclean
+.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve soak bench bench-compare wheels docker-smoke clean distclean
 
 .venv: $(STAMP)
 
@@ -47,6 +47,9 @@ bench-engine: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python -m bench.serve
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 # Load-test a running server (`make serve` first): streamed completions at 8 in flight; BENCH_ARGS for the rest,
 # e.g. make bench BENCH_ARGS='--sweep 1,2,4,8,16,32,64' (see python -m bench --help).
