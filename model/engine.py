@@ -1,14 +1,15 @@
 """Continuous-batching decoder for the GPT-2 model: token ids in, token ids out; no HTTP, no text.
 
-Each `step()` admits waiting requests (one padded prefill for all of them), then decodes one token for every
-active sequence at once. A finished sequence leaves at once and frees its slot for the next waiting request.
+Each `step()` admits waiting requests (one right-padded prefill for all of them), then decodes one token for
+every active sequence at once. A finished sequence leaves at once and frees its slot for the next request.
 
-The KV cache is our own, preallocated per slot, and the forward pass walks the GPT-2 modules directly. Measured
-here (4 layers, width 192, one decode step, 1 thread, contended): the HF forward with a `DynamicCache` took 3.0 ms
-at batch 1 and 16.5 ms at batch 64, this path 2.5 and 13.8 ms. The HF call builds a 4-D mask and runs its
-decorators every step; `DynamicCache` concatenates the whole cache every step and needs re-padding whenever a
-sequence joins. Slots written in place need neither: a joining sequence writes its prefill into a free row, a
-leaving one is replaced by the last row (copied up to its length), attention reads up to the longest live one.
+The KV cache is our own: one preallocated slot (row) per sequence, written in place. A joining sequence writes
+its prefill into a free row; a leaving one is replaced by the last row (copied up to its length); attention reads
+up to the longest live sequence only, so padding shrinks as soon as the longest leaves. `DynamicCache` would
+concatenate the whole cache every step, and merging a newcomer would mean re-padding every row to a common
+length, with per-row masks and positions threaded through the HF forward, which also rebuilds a 4-D mask and runs
+its decorators each call. Measured on the shipped shape (2.6M parameters, 2 threads, idle, one greedy decode step
+of 64): HF forward + `DynamicCache` 2.6 / 4.7 / 10.7 ms at batch 1 / 16 / 64, this engine 1.0 / 3.2 / 7.7 ms.
 """
 
 from __future__ import annotations
@@ -232,8 +233,8 @@ class Engine:
         """Logits [b, vocab] at each row's position `last` (default: the final one).
 
         `attend(layer, q, k, v)` stores the keys and values where they belong and returns the attention.
-        GPT-2's blocks with their parameters read directly: the module calls cost a quarter of a batch-1
-        decode step here (3.5 vs 4.7 ms, contended) and a tenth at batch 64; same tokens either way.
+        GPT-2's blocks run on their parameters directly: calling the modules instead measured 1.49 vs 1.00 ms
+        a decode step at batch 1 and 8.4 vs 7.7 ms at batch 64 (idle, 2 threads), with the same tokens.
         """
         tr = self._model.transformer
         b, s = ids.shape
