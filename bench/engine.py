@@ -9,6 +9,7 @@ its sampling; the rest of a step is bookkeeping (admission, events, slot moves).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -137,6 +138,7 @@ def report(args: argparse.Namespace) -> str:
         run_engine(model, prompts[batches[0]], mode, sync)
         run_generate(model, prompts[batches[0]], mode, sync)
     cells = {(b, m): Cell() for b in batches for m in MODES}
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     done = 0
     for rep in range(repeats):
@@ -155,6 +157,7 @@ def report(args: argparse.Namespace) -> str:
                     cell.generate.append(run_generate(model, prompts[b], mode, sync))
         done += 1
     elapsed = time.perf_counter() - start
+    load_after = os.getloadavg()[0]
 
     med = statistics.median
     lines = [
@@ -165,6 +168,8 @@ def report(args: argparse.Namespace) -> str:
         f" top-k {TOP_K}. Tokens/s: new tokens over the whole call, prefill included.",
         f"- torch {torch.__version__}, {args.threads} threads, {platform.machine()}; medians of {done}"
         f" repeat(s) in {elapsed:.0f} s; a ratio is the median of (engine / generate) over paired runs.",
+        f"- Load average (1 min) before / after: {load_before:.1f} / {load_after:.1f}; well above the"
+        f" {args.threads} threads used here, other work shared the cores and the figures are noisy.",
         "",
         "| batch | engine greedy | generate greedy | ratio | engine top-k | generate top-k | ratio |",
         "|---:|---:|---:|---:|---:|---:|---:|",

@@ -33,8 +33,10 @@ async def _stream(client: httpx.AsyncClient, base_url: str, body: dict, drop_aft
             assert "error" not in chunk, chunk
             out["chunks"] += 1
             out["first"] = out["first"] or time.perf_counter() - t0
-            out["text"] += chunk["choices"][0]["text"]
-            out["finish"] = chunk["choices"][0]["finish_reason"] or out["finish"]
+            choice = chunk["choices"][0]
+            if choice["index"] == 0:  # with n > 1, the first choice speaks for the request
+                out["text"] += choice["text"]
+                out["finish"] = choice["finish_reason"] or out["finish"]
             if drop_after is not None and out["chunks"] >= drop_after:
                 break  # leaving the block closes the connection mid-stream
     out["end"] = time.perf_counter() - t0
@@ -46,7 +48,10 @@ def test_dropped_streams_stop_generating_while_the_others_complete(base_url):
         cancelled_before = metric_value(base_url, FINISHED, {"finish_reason": "cancelled"})
         async with httpx.AsyncClient(timeout=120) as client:
             keep = [
-                asyncio.create_task(_stream(client, base_url, {"prompt": PROMPT, "max_tokens": 200, "temperature": 0}))
+                # Six choices each: seconds of decoding even on a fast machine, so they surely outlive the check.
+                asyncio.create_task(
+                    _stream(client, base_url, {"prompt": PROMPT, "max_tokens": 240, "temperature": 0, "n": 6})
+                )
                 for _ in range(4)
             ]
             drop = [
@@ -62,15 +67,15 @@ def test_dropped_streams_stop_generating_while_the_others_complete(base_url):
             ]
             dropped = await asyncio.gather(*drop)
             assert all(d["chunks"] == 3 and not d["done"] for d in dropped)
-            # Within a few decode steps the engine runs only the 4 streams still connected.
+            # Within a few decode steps the engine runs only the sequences of the 4 streams still connected.
             running = None
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 running = metric_value(base_url, RUNNING)
-                if running <= 4:
+                if running <= 4 * 6:
                     break
                 await asyncio.sleep(0.05)
-            assert running is not None and running <= 4
+            assert running is not None and running <= 4 * 6
             assert not all(t.done() for t in keep), "the kept streams ended too soon to show anything"
             kept = await asyncio.gather(*keep)
         for k in kept:
@@ -91,11 +96,15 @@ def test_dropped_streams_stop_generating_while_the_others_complete(base_url):
 def test_a_new_request_joins_the_running_batch(base_url):
     async def main() -> None:
         async with httpx.AsyncClient(timeout=120) as client:
+            # Three choices each (24 sequences, 240 tokens): they surely run for seconds, even on a fast machine.
             long = [
-                asyncio.create_task(_stream(client, base_url, {"prompt": PROMPT, "max_tokens": 200, "temperature": 0}))
+                asyncio.create_task(
+                    _stream(client, base_url, {"prompt": PROMPT, "max_tokens": 240, "temperature": 0, "n": 3})
+                )
                 for _ in range(8)
             ]
-            await asyncio.sleep(0.5)
+            while sum(t.done() for t in long) == 0 and metric_value(base_url, RUNNING) < 24:
+                await asyncio.sleep(0.02)  # until all 8 are in the batch
             t0 = time.perf_counter()
             short = await _stream(client, base_url, {"prompt": "To be", "max_tokens": 3, "temperature": 0})
             joined_at = time.perf_counter() - t0
