@@ -9,8 +9,10 @@ its sampling; the rest of a step is bookkeeping (admission, events, slot moves).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -123,6 +125,17 @@ def run_generate(model: GPT2LMHeadModel, prompts: torch.Tensor, mode: str, sync:
     return len(prompts) * (out.shape[1] - prompts.shape[1]) / (time.perf_counter() - t0)
 
 
+def others_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy, minus this process's own; NaN where /proc/stat is absent."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return math.nan
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return busy - own.ru_utime - own.ru_stime
+
+
 def report(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
     model, label = load_model(args.model_dir)
@@ -138,7 +151,7 @@ def report(args: argparse.Namespace) -> str:
         run_engine(model, prompts[batches[0]], mode, sync)
         run_generate(model, prompts[batches[0]], mode, sync)
     cells = {(b, m): Cell() for b in batches for m in MODES}
-    load_before = os.getloadavg()[0]
+    others_before = others_cpu_s()
     start = time.perf_counter()
     done = 0
     for rep in range(repeats):
@@ -157,7 +170,7 @@ def report(args: argparse.Namespace) -> str:
                     cell.generate.append(run_generate(model, prompts[b], mode, sync))
         done += 1
     elapsed = time.perf_counter() - start
-    load_after = os.getloadavg()[0]
+    others = others_cpu_s() - others_before
 
     med = statistics.median
     lines = [
@@ -168,8 +181,8 @@ def report(args: argparse.Namespace) -> str:
         f" top-k {TOP_K}. Tokens/s: new tokens over the whole call, prefill included.",
         f"- torch {torch.__version__}, {args.threads} threads, {platform.machine()}; medians of {done}"
         f" repeat(s) in {elapsed:.0f} s; a ratio is the median of (engine / generate) over paired runs.",
-        f"- Load average (1 min) before / after: {load_before:.1f} / {load_after:.1f}; well above the"
-        f" {args.threads} threads used here, other work shared the cores and the figures are noisy.",
+        f"- Other processes used {others / elapsed:.2f} of {os.cpu_count()} cores meanwhile"
+        + (": the figures are noisy." if not others / elapsed <= 0.2 else " (a quiet machine)."),
         "",
         "| batch | engine greedy | generate greedy | ratio | engine top-k | generate top-k | ratio |",
         "|---:|---:|---:|---:|---:|---:|---:|",
