@@ -11,6 +11,7 @@ import torch
 
 from model.pixels import PixelClassifier, load_pixels
 from service import metrics
+from service.batching import batched_loop
 from service.schemas import ClassifyRequest, ClassifyResponse
 
 
@@ -18,7 +19,12 @@ class ClassifyAPI(ls.LitAPI):
     """Requests are decoded to 9 floats, stacked into one [B, 9] tensor and classified in one forward pass."""
 
     def __init__(self, weights_dir: Path, max_batch_size: int = 32, batch_timeout: float = 0.001) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/v1/classify")
+        super().__init__(
+            max_batch_size=max_batch_size,
+            batch_timeout=batch_timeout,
+            api_path="/v1/classify",
+            loop=batched_loop(max_batch_size),
+        )
         self.weights_dir = weights_dir
 
     def setup(self, device: str) -> None:

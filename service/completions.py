@@ -1,9 +1,10 @@
 """The GPT's HTTP side, in each API-server process: a LitServe spec with OpenAI's completions and model list, plus
 tokenize/detokenize so a user can see what the model sees.
 
-Here the prompt becomes token ids (checked against the context before anything is queued), and token ids coming back
-from the worker become text (`TextStream`), OpenAI chunks and server-sent events. A client that goes away mid-stream
-sends a cancel control item to the worker, which frees its batch slot at the next step.
+Here the prompt becomes token ids (checked against the context before anything is queued) and goes to the GPT worker
+over the GPT channel (service/gpt_channel.py, not LitServe's queues); token ids coming back become text
+(`TextStream`), OpenAI chunks and server-sent events. A client that goes away mid-stream sends a cancel control item
+to the worker, which frees its batch slot at the next step.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import pickle
 import time
 import uuid
 from collections import deque
@@ -29,7 +29,8 @@ from transformers import GPT2Config, PreTrainedTokenizerFast
 from model.engine import SamplingParams
 from model.gpt import decode, encode, eot_id, load_tokenizer
 from service.errors import error_content, openai_error
-from service.gpt_worker import CANCEL, FANOUT_UID, sampling_payload
+from service.gpt_channel import ChannelAddress, ChannelFull, ServerEnd
+from service.gpt_worker import CANCEL, sampling_payload
 from service.guards import Drain
 from service.schemas.completions import (
     Completion,
@@ -68,7 +69,7 @@ class Choice:
 
 
 class CompletionsSpec(LitSpec):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, channel: ChannelAddress) -> None:
         super().__init__()
         self.api_path = "/v1/completions"
         self.settings = settings
@@ -76,7 +77,13 @@ class CompletionsSpec(LitSpec):
         self.context_length = 0
         self.vocab_size = 0
         self.created = int(time.time())
+        self.address = channel
+        # Made in each API-server process on its first request (after the fork): its end of the channel, the
+        # task that spreads each step's message over the requests, and one buffer per open generation.
+        self._channel: ServerEnd | None = None
         self._fanout: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._buffers: dict[str, ResponseBufferItem] = {}
         self.drain: Drain | None = None  # set by build_server: tells when a worker has died
 
     def __getstate__(self) -> dict[str, Any]:
@@ -84,6 +91,8 @@ class CompletionsSpec(LitSpec):
         state = super().__getstate__()
         state["_tok"] = None
         state["_fanout"] = None
+        state["_watch"] = None
+        state["_channel"] = None
         state["drain"] = None  # shared memory of the API servers; the spawned worker has no use for it
         return state
 
@@ -179,59 +188,65 @@ class CompletionsSpec(LitSpec):
             )
         return ids
 
-    def _ensure_fanout(self) -> None:
-        """Start, once per API-server process, the task that spreads each step's message over the requests."""
+    def _ensure_fanout(self) -> ServerEnd:
+        """Open this API-server process's end of the channel and start its fan-out task, once."""
+        if self._channel is None:
+            self._channel = ServerEnd(self.address, self.response_queue_id)
         if self._fanout is None or self._fanout.done():
-            self.response_buffer[FANOUT_UID] = ResponseBufferItem(response_queue=deque(), event=asyncio.Event())
-            self._fanout = asyncio.create_task(self._fan_out(self.response_buffer[FANOUT_UID]))
+            self._fanout = asyncio.create_task(self._fan_out(self._channel))
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_worker())
+        return self._channel
 
-    async def _fan_out(self, inbox: ResponseBufferItem) -> None:
-        assert inbox.response_queue is not None
+    async def _fan_out(self, channel: ServerEnd) -> None:
+        """Spread each step's message from the worker over the buffers of the requests it names."""
         while True:
             try:
-                await asyncio.wait_for(inbox.event.wait(), timeout=0.25)
-            except TimeoutError:
-                if self.drain is not None and self.drain.failed:
-                    self._fail_open_streams()
+                box = await channel.receive()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # an unreadable message loses its tokens, never the task
+                logger.exception("reading the GPT channel failed")
                 continue
-            inbox.event.clear()
-            while inbox.response_queue:
-                box, _ = inbox.response_queue.popleft()
-                for uid, data, status in box:
-                    target = self.response_buffer.get(uid)
-                    if target is not None and target.response_queue is not None:
-                        target.response_queue.append((data, status))
-                        target.event.set()
+            for uid, data, status in box:
+                target = self._buffers.get(uid)
+                if target is not None and target.response_queue is not None:
+                    target.response_queue.append((data, status))
+                    target.event.set()
 
-    def _fail_open_streams(self) -> None:
+    async def _watch_worker(self) -> None:
         """A worker died: end every open generation of this API server with a 503 instead of a hang."""
-        error = pickle.dumps(
-            HTTPException(
-                503,
-                openai_error("the model worker died; the server is restarting", None, "worker_died", "server_error"),
-            )
+        while self.drain is None or not self.drain.failed:
+            await asyncio.sleep(0.25)
+        error = HTTPException(
+            503, openai_error("the model worker died; the server is restarting", None, "worker_died", "server_error")
         )
-        for uid, item in list(self.response_buffer.items()):
-            if uid != FANOUT_UID and item.response_queue is not None:
+        for item in list(self._buffers.values()):
+            if item.response_queue is not None:
                 item.response_queue.append((error, LitAPIStatus.ERROR))
                 item.event.set()
 
     def _submit(self, prompt_ids: list[int], params: SamplingParams) -> str:
-        self._ensure_fanout()
+        channel = self._ensure_fanout()
         uid = str(uuid.uuid4())
-        self.response_buffer[uid] = ResponseBufferItem(response_queue=deque(), event=asyncio.Event())
-        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), sampling_payload(prompt_ids, params)))
+        self._buffers[uid] = ResponseBufferItem(response_queue=deque(), event=asyncio.Event())
+        try:
+            channel.submit(uid, time.monotonic(), sampling_payload(prompt_ids, params))
+        except ChannelFull:
+            self._buffers.pop(uid, None)
+            raise
         return uid
 
     def _cancel(self, uid: str) -> None:
-        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), CANCEL))
+        if self._channel is not None:
+            self._channel.cancel(uid, time.monotonic(), CANCEL)
 
     async def _messages(self, choice: Choice) -> AsyncIterator[dict[str, Any]]:
         """Token messages of one choice from the worker; raises on a worker error."""
-        item = self.response_buffer[choice.uid]
+        item = self._buffers[choice.uid]
         async for data, status in self.data_streamer(item.response_queue, item.event, send_status=True):
             if status == LitAPIStatus.ERROR:
-                raise _unpickle_error(data)
+                raise data if isinstance(data, BaseException) else HTTPException(500, "worker error")
             yield data
 
     def _apply(self, choice: Choice, msg: dict[str, Any]) -> str:
@@ -287,8 +302,18 @@ class CompletionsSpec(LitSpec):
     async def completions(self, body: CompletionRequest, request: Request) -> Any:
         self.check_model(body.model)
         choices = self._make_choices(body)  # raises 400 before anything is queued
-        for c in choices:
-            c.uid = self._submit(c.prompt_ids, c.params)
+        try:
+            for c in choices:
+                c.uid = self._submit(c.prompt_ids, c.params)
+        except ChannelFull:
+            self._release([c for c in choices if c.uid])
+            return JSONResponse(
+                status_code=503,
+                headers={"Retry-After": "1"},
+                content=openai_error(
+                    "the model worker is not taking requests", None, "worker_unavailable", "server_error"
+                ),
+            )
         model = body.model or self.settings.gpt_model_id
         cid = completion_id()
         deadline = min(self.settings.request_deadline_seconds, body.timeout or float("inf"))
@@ -353,11 +378,13 @@ class CompletionsSpec(LitSpec):
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
     def _release(self, choices: list[Choice]) -> None:
-        """Cancel what still runs and drop the response buffers (LitServe's own spec leaks them: upstream #452)."""
+        """Cancel what still runs and drop the buffers (LitServe's own spec leaks its buffers: upstream #452)."""
         for c in choices:
             if c.finish_reason is None:
                 self._cancel(c.uid)
-            self.response_buffer.pop(c.uid, None)
+            self._buffers.pop(c.uid, None)
+            if self._channel is not None:
+                self._channel.release(c.uid)
 
     async def _events(self, choices: list[Choice]) -> AsyncGenerator[tuple[Choice, dict[str, Any] | None]]:
         """Token messages of all choices as they come; (choice, None) when a choice's stream has ended."""
@@ -473,14 +500,3 @@ async def _disconnected(request: Request) -> None:
     """Return once the client has gone away."""
     while not await request.is_disconnected():
         await asyncio.sleep(0.25)
-
-
-def _unpickle_error(data: Any) -> BaseException:
-    if isinstance(data, bytes):
-        try:
-            err = pickle.loads(data)
-            if isinstance(err, BaseException):
-                return err
-        except Exception:  # noqa: BLE001 - an unreadable error is still an error
-            pass
-    return HTTPException(500, "worker error")

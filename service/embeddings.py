@@ -12,6 +12,7 @@ import litserve as ls
 import torch
 
 from model.gpt import encode, eot_id, load_gpt, load_tokenizer
+from service.batching import batched_loop
 from service.schemas.completions import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from service.settings import Settings
 
@@ -22,6 +23,7 @@ class EmbeddingsAPI(ls.LitAPI):
             max_batch_size=settings.embeddings_max_batch_size,
             batch_timeout=settings.embeddings_batch_timeout,
             api_path="/v1/embeddings",
+            loop=batched_loop(settings.embeddings_max_batch_size),
         )
         self.settings = settings
 

@@ -1,26 +1,30 @@
-"""The GPT's LitServe worker: the engine behind a continuous-batching loop.
+"""The GPT's LitServe worker: the engine driven by two threads of its own, behind a LitServe loop.
 
-Path of a request: the API server (service/completions.py) tokenizes and validates, then puts
-`(response_queue_id, uid, arrival, payload)` on this API's request queue. `EngineLoop` takes it off (a cancel control
-item goes straight to `engine.cancel`), hands it to the engine, and after every decode step sends one token event per
-sequence back to the API server that took the request, which turns ids into text and streams them out.
+Path of a request: the API server (service/completions.py) tokenizes and validates, then sends
+`(response_queue_id, uid, arrival, payload)` over the GPT channel (service/gpt_channel.py). In this process:
 
-LitServe's `ContinuousBatchingLoop` is the base; this subclass fixes what it lacks (litserve 0.2.19, measured):
-an idle worker spun a core, cancel control items had no path, an exception in a step left the engine's state behind,
-and the payload of the FINISH message is thrown away (so the last token travels as an ordinary message first).
+- the intake thread takes it off the channel and puts it in the engine's thread-safe inbox (a cancel item goes
+  straight to `engine.cancel`), then wakes the engine thread;
+- the engine thread runs `engine.step()` back to back while there is work (each step admits waiting requests,
+  prefills them and decodes one token for every running sequence) and after every step sends one message per API
+  server: `[(uid, token message, status), ...]`; when there is no work it sleeps on an event.
+
+Why threads and not LitServe's `ContinuousBatchingLoop` (litserve 0.2.19), which this loop first subclassed: its
+intake takes each request off a manager queue in a thread and answers a START message through the manager on the
+event loop, and each step is an `asyncio.to_thread` hop whose completion waits for the event loop and the GIL.
+Measured at 32 streams on 2 cores: the worker used 0.71 of a core and decoded a batch-32 step every 15 ms where the
+same engine alone takes 8; with the threads below and the channel, see README, Performance. The engine's matrix
+work releases the GIL, so the intake thread costs the engine next to nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import queue
+import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict
-from functools import partial
 from queue import Queue
 from typing import Any
 
@@ -28,22 +32,24 @@ import litserve as ls
 import torch
 from fastapi import HTTPException
 from litserve.callbacks import CallbackRunner
-from litserve.loops.continuous_batching_loop import ContinuousBatchingLoop
+from litserve.loops.base import LitLoop
 from litserve.specs.base import LitSpec
 from litserve.transport.base import MessageTransport
-from litserve.utils import LitAPIStatus, LoopResponseType
+from litserve.utils import LitAPIStatus
 
 from model.engine import AdmissionError, Engine, SamplingParams, TokenEvent
 from model.gpt import load_gpt
 from service import metrics
+from service.gpt_channel import ChannelAddress, WorkerEnd
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 # Payload of a control item that cancels the request with the same uid (see CompletionsSpec).
 CANCEL = {"cancel": True}
-# The response-buffer key under which each API server receives a whole step's token messages at once.
-FANOUT_UID = "tinyserve-gpt-step"
+
+# One item of a step message: (uid, data, status); data is a token message, or the exception for an ERROR.
+StepItem = tuple[str, Any, LitAPIStatus]
 
 
 def token_message(ev: TokenEvent) -> dict[str, Any]:
@@ -51,73 +57,38 @@ def token_message(ev: TokenEvent) -> dict[str, Any]:
     return {"token": ev.token_id, "logprob": ev.logprob, "top": ev.top_logprobs, "finish": ev.finish_reason}
 
 
-class EngineLoop(ContinuousBatchingLoop):
+class EngineLoop(LitLoop):
+    """Starts the intake and engine threads in the worker; LitServe's event loop only watches them."""
+
     def __init__(self) -> None:
         super().__init__()
         self._api: GPTAPI | None = None
-        self._wake: asyncio.Event | None = None
-        self._outbox: queue.SimpleQueue[Callable[[], None]] | None = None
-        self._arrivals: dict[str, float] = {}  # uid -> arrival at the API server (monotonic, same clock)
+        self._threads: list[threading.Thread] = []
+        self._wake: threading.Event  # made in the worker process: a lock cannot travel to a spawned process
+        # Owned by the engine thread, except that the intake thread adds entries before the engine sees the uid.
+        self._routes: dict[str, int] = {}  # uid -> response queue id of the API server that sent it
+        self._arrivals: dict[str, float] = {}  # uid -> arrival at the API server (monotonic: one clock on a host)
         self._last_token: dict[str, float] = {}
+        self._refused: list[tuple[str, str]] = []  # (uid, why): refused at admission, answered by the engine thread
 
     def pre_setup(self, lit_api: ls.LitAPI, spec: LitSpec | None = None) -> None:
-        # The base checks for hooks of its default step(); this loop drives the engine itself.
-        if not lit_api.stream:
-            raise ValueError("EngineLoop needs a streaming LitAPI (stream=True)")
+        if not isinstance(lit_api, GPTAPI):
+            raise TypeError("EngineLoop drives GPTAPI only")
 
     async def schedule_task(
         self, lit_api: ls.LitAPI, lit_spec: LitSpec | None, request_queue: Queue, transport: MessageTransport
     ) -> None:
         assert isinstance(lit_api, GPTAPI)
         self._api = lit_api
-        self._wake = asyncio.Event()
-        # Sends go through a thread of their own: each is a round trip to LitServe's manager process, and the next
-        # decode step should not wait for it (measured: at one stream the send took about as long as the step).
-        # One thread keeps them in order.
-        self._outbox = queue.SimpleQueue()
-        threading.Thread(target=self._send_forever, args=(self._outbox,), name="gpt-sender", daemon=True).start()
-        await super().schedule_task(lit_api, lit_spec, request_queue, transport)
-
-    @staticmethod
-    def _send_forever(outbox: queue.SimpleQueue[Callable[[], None]]) -> None:
-        while True:
-            send = outbox.get()
-            try:
-                send()
-            except Exception:  # a failed send loses one message, never the sender
-                logger.exception("sending a step's output failed")
-
-    def _send(self, send: Callable[[], None]) -> None:
-        if self._outbox is None:
-            send()
-        else:
-            self._outbox.put(send)
-
-    def get_request(self, request_queue: Queue, block: bool = True, timeout: float | None = None) -> Any:
-        # Control items never reach `prefill`: a cancel acts on the engine at once (thread-safe there).
-        while True:
-            item = super().get_request(request_queue, block=block, timeout=timeout)
-            if item is None:
-                return None
-            _, uid, arrival, payload = item
-            if payload == CANCEL:
-                if self._api is not None:
-                    self._api.engine.cancel(uid)
-                continue
-            self._arrivals[uid] = arrival
-            return item
-
-    def add_request(
-        self,
-        uid: str,
-        request: Any,
-        lit_api: ls.LitAPI,
-        lit_spec: LitSpec | None,
-        transport: MessageTransport | None = None,
-    ) -> None:
-        super().add_request(uid, request, lit_api, lit_spec, transport)
-        if self._wake is not None:
-            self._wake.set()
+        self._wake = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._intake, args=(lit_api,), name="gpt-intake", daemon=True),
+            threading.Thread(target=self._generate, args=(lit_api,), name="gpt-engine", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        # LitServe's request queue for this path stays empty (requests come over the channel); stay scheduled.
+        await asyncio.Event().wait()
 
     async def run(
         self,
@@ -129,62 +100,85 @@ class EngineLoop(ContinuousBatchingLoop):
         workers_setup_status: dict[int, str],
         callback_runner: CallbackRunner,
     ) -> None:
-        assert isinstance(lit_api, GPTAPI)
-        if not lit_api.has_active_requests():
-            # Sleep until a request arrives instead of spinning a core (the base loop returns at once).
-            if self._wake is not None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            else:
-                await asyncio.sleep(0.01)
-            return
-        while lit_api.refused:
-            uid, message = lit_api.refused.pop()
-            queue_id = self.response_queue_ids.get(uid)
-            if queue_id is not None:
-                self._send(
-                    partial(
-                        self.put_error_response,
-                        transport, queue_id, uid, HTTPException(400, message), LoopResponseType.STREAMING,
-                    )
-                )  # fmt: skip
-                self.mark_completed(uid)
-        if not lit_api.engine.has_work():
-            return
-        step_start = time.monotonic()
-        try:
-            events = await asyncio.to_thread(lit_api.engine.step)
-        except Exception as exc:  # a failed step must not leave half a batch behind
-            logger.exception("engine step failed; resetting the engine")
-            lit_api.engine.reset()
-            metrics.GPT_FINISHED.labels("error").inc(len(self.response_queue_ids))
-            for uid, queue_id in self.response_queue_ids.items():
-                self._send(partial(self.put_error_response, transport, queue_id, uid, exc, LoopResponseType.STREAMING))
-            self.response_queue_ids.clear()
-            self.active_sequences.clear()
-            self._arrivals.clear()
-            self._last_token.clear()
-            return
-        self._record(events, step_start, lit_api.engine)
-        # One message per API server per step, not one per token: each send is a round trip through LitServe's
-        # manager queue, which at batch 32 cost more than the decode step itself.
-        outbox: dict[int, list[tuple[str, Any, LitAPIStatus]]] = {}
-        for ev in events:
-            queue_id = self.response_queue_ids.get(ev.request_id)
-            if queue_id is None:
+        # LitServe calls this over and over; the threads do the work. Both catch everything they can survive, so
+        # a dead one is a bug: end the process, and serve() fails open requests and exits for a restart.
+        await asyncio.sleep(0.5)
+        if self._threads and not all(t.is_alive() for t in self._threads):
+            logger.critical("a GPT worker thread died; stopping the worker")
+            os._exit(1)
+
+    # ---- intake thread ------------------------------------------------------------------------------------------
+
+    def _intake(self, api: GPTAPI) -> None:
+        while True:
+            try:
+                item = api.channel.receive(timeout_ms=1000)
+                if item is None:
+                    continue
+                queue_id, uid, arrival, payload = item
+                if payload == CANCEL:
+                    api.engine.cancel(uid)
+                    continue
+                self._routes[uid] = queue_id
+                self._arrivals[uid] = arrival
+                try:
+                    api.engine.add_request(uid, payload["prompt_ids"], SamplingParams(**payload["params"]))
+                    metrics.GPT_PROMPT_TOKENS.inc(len(payload["prompt_ids"]))
+                except (AdmissionError, TypeError) as exc:
+                    # The API server checks the same bounds first, so this only guards against a mismatched model.
+                    logger.warning("request %s refused at admission: %s", uid, exc)
+                    self._refused.append((uid, str(exc)))
+                self._wake.set()
+            except Exception:  # one unreadable item must not stop the intake
+                logger.exception("GPT intake failed on an item")
+
+    # ---- engine thread ------------------------------------------------------------------------------------------
+
+    def _generate(self, api: GPTAPI) -> None:
+        engine = api.engine
+        while True:
+            self._wake.clear()
+            outbox: dict[int, list[StepItem]] = {}
+            while self._refused:
+                uid, why = self._refused.pop()
+                self._finish(outbox, uid, HTTPException(400, why), LitAPIStatus.ERROR)
+            if not engine.has_work():
+                self._flush(api, outbox)
+                self._wake.wait(timeout=1.0)  # set by the intake thread
                 continue
-            box = outbox.setdefault(queue_id, [])
-            box.append((ev.request_id, token_message(ev), LitAPIStatus.OK))
-            if ev.finish_reason is not None:
-                box.append((ev.request_id, "", LitAPIStatus.FINISH_STREAMING))
-                self.mark_completed(ev.request_id)
+            step_start = time.monotonic()
+            try:
+                events = engine.step()
+            except Exception as exc:  # a failed step must not leave half a batch behind
+                logger.exception("engine step failed; resetting the engine")
+                engine.reset()
+                metrics.GPT_FINISHED.labels("error").inc(len(self._routes))
+                for uid in list(self._routes):
+                    self._finish(outbox, uid, exc, LitAPIStatus.ERROR)
+                self._arrivals.clear()
+                self._last_token.clear()
+                self._flush(api, outbox)
+                continue
+            self._record(events, step_start, engine)
+            # One message per API server per step, not one per token (a step at batch 32 is 32 tokens).
+            for ev in events:
+                queue_id = self._routes.get(ev.request_id)
+                if queue_id is None:
+                    continue
+                outbox.setdefault(queue_id, []).append((ev.request_id, token_message(ev), LitAPIStatus.OK))
+                if ev.finish_reason is not None:
+                    self._finish(outbox, ev.request_id, "", LitAPIStatus.FINISH_STREAMING)
+            self._flush(api, outbox)
+
+    def _finish(self, outbox: dict[int, list[StepItem]], uid: str, data: Any, status: LitAPIStatus) -> None:
+        queue_id = self._routes.pop(uid, None)
+        if queue_id is not None:
+            outbox.setdefault(queue_id, []).append((uid, data, status))
+
+    @staticmethod
+    def _flush(api: GPTAPI, outbox: dict[int, list[StepItem]]) -> None:
         for queue_id, box in outbox.items():
-            self._send(
-                partial(
-                    self.put_response, transport, queue_id, FANOUT_UID, box, LitAPIStatus.OK, LoopResponseType.STREAMING
-                )
-            )
+            api.channel.send(queue_id, box)
 
     def _record(self, events: list[TokenEvent], step_start: float, engine: Engine) -> None:
         """Metrics of one step, aggregated here so each step costs a handful of metric updates."""
@@ -214,9 +208,9 @@ class EngineLoop(ContinuousBatchingLoop):
 
 
 class GPTAPI(ls.LitAPI):
-    """Hosts the engine; requests arrive as plain dicts already tokenized and validated by the API server."""
+    """Hosts the engine and its end of the GPT channel; requests arrive already tokenized and validated."""
 
-    def __init__(self, settings: Settings, spec: LitSpec) -> None:
+    def __init__(self, settings: Settings, spec: LitSpec, channel: ChannelAddress) -> None:
         super().__init__(
             max_batch_size=settings.gpt_max_batch_size,
             stream=True,
@@ -224,32 +218,22 @@ class GPTAPI(ls.LitAPI):
             spec=spec,
         )
         self.settings = settings
+        self.address = channel
         self.engine: Engine
-        self.refused: list[tuple[str, str]] = []  # (uid, why) refused at admission, answered by the loop
+        self.channel: WorkerEnd
 
     def setup(self, device: str) -> None:
         torch.set_num_threads(self.settings.torch_threads)
         model = load_gpt(self.settings.gpt_dir, device)
         self.engine = Engine(model, max_batch_size=self.settings.gpt_max_batch_size)
+        # LitServe sets the worker's index (per API path) before setup; bound before the worker reports ready.
+        self.channel = WorkerEnd(self.address, int(os.environ.get("LITSERVE_WORKER_ID", "0")))
         logger.info("GPT engine ready on %s (%s)", device, next(model.parameters()).dtype)
 
-    # Called by the loop on the event-loop thread; the engine takes it through its thread-safe inbox.
-    def add_request(self, uid: str, request: dict[str, Any]) -> None:
-        try:
-            self.engine.add_request(uid, request["prompt_ids"], SamplingParams(**request["params"]))
-            metrics.GPT_PROMPT_TOKENS.inc(len(request["prompt_ids"]))
-        except AdmissionError as exc:
-            # The API server checks the same bounds first, so this only guards against a mismatched model.
-            logger.warning("request %s refused at admission: %s", uid, exc)
-            self.refused.append((uid, str(exc)))
+    def has_active_requests(self) -> bool:  # asked by LitServe's loop wrapper
+        return self.engine.has_work()
 
-    def has_capacity(self) -> bool:
-        return self.engine.num_active + self.engine.num_waiting < self.settings.gpt_max_batch_size
-
-    def has_active_requests(self) -> bool:
-        return self.engine.has_work() or bool(self.refused)
-
-    def predict(self, x: Any) -> Any:  # required by LitAPI's interface; the loop calls the engine directly
+    def predict(self, x: Any) -> Any:  # required by LitAPI's interface; EngineLoop drives the engine directly
         raise NotImplementedError("the GPT is driven by EngineLoop")
 
     def encode_response(self, output: Any) -> Any:
@@ -257,5 +241,5 @@ class GPTAPI(ls.LitAPI):
 
 
 def sampling_payload(prompt_ids: list[int], params: SamplingParams) -> dict[str, Any]:
-    """The request-queue payload: plain data, cheap to pickle across processes."""
+    """The request payload: plain data, cheap to pickle across processes."""
     return {"prompt_ids": prompt_ids, "params": asdict(params)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -20,6 +21,7 @@ from service.classify import ClassifyAPI
 from service.completions import CompletionsSpec
 from service.embeddings import EmbeddingsAPI
 from service.errors import install_error_handlers
+from service.gpt_channel import ChannelAddress
 from service.gpt_worker import GPTAPI
 from service.guards import Drain, Guard
 from service.playground import add_playground
@@ -28,7 +30,7 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def build_apis(settings: Settings) -> list[ls.LitAPI]:
+def build_apis(settings: Settings, channel: ChannelAddress) -> list[ls.LitAPI]:
     """Every API the server hosts, each with its own path, queue, workers and batching."""
     return [
         ClassifyAPI(
@@ -36,7 +38,7 @@ def build_apis(settings: Settings) -> list[ls.LitAPI]:
             max_batch_size=settings.classify_max_batch_size,
             batch_timeout=settings.classify_batch_timeout,
         ),
-        GPTAPI(settings, spec=CompletionsSpec(settings)),
+        GPTAPI(settings, spec=CompletionsSpec(settings, channel), channel=channel),
         EmbeddingsAPI(settings),
     ]
 
@@ -48,9 +50,13 @@ def workers_per_device(settings: Settings, apis: list[ls.LitAPI]) -> dict[str, i
 
 
 def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer:
-    """The LitServer for all APIs, plus GET /metrics and the playground at GET /; nothing runs until `run()`."""
+    """The LitServer for all APIs, plus GET /metrics and the playground at GET /; nothing runs until `run()`.
+
+    The GPT channel's socket folder is made here; `serve()` removes it (`server.gpt_channel.remove()`).
+    """
     drain = drain or Drain()
-    apis = build_apis(settings)
+    channel = ChannelAddress.create()
+    apis = build_apis(settings, channel)
     for api in apis:
         if isinstance(api.spec, CompletionsSpec):
             api.spec.drain = drain
@@ -79,6 +85,15 @@ def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer
     server.app.add_middleware(Guard, settings=settings, drain=drain)
     # serve() watches the workers itself: LitServe's monitor would cut open streams without a word.
     server._monitor_workers = False
+    # One GPT worker per device: the API servers spread new requests over them (see service/gpt_channel.py).
+    gpt_workers = len(server._inference_workers_config_for_api("/v1/completions"))
+    channel = dataclasses.replace(channel, workers=gpt_workers)
+    for api in apis:
+        if isinstance(api, GPTAPI):
+            api.address = channel
+            assert isinstance(api.spec, CompletionsSpec)
+            api.spec.address = channel
+    server.gpt_channel = channel  # type: ignore[attr-defined]
     if settings.cors_origins:  # closed unless origins are configured
         server.app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
@@ -193,5 +208,6 @@ def serve(settings: Settings) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _stop_children(grace=5.0)
         metrics.remove_samples_dir()
+        server.gpt_channel.remove()
     if drain.failed:
         raise SystemExit(1)  # so that the orchestrator (Docker, Kubernetes) starts a fresh server

@@ -1,0 +1,58 @@
+"""LitServe's batched loop, but quiet while idle: the classifier's and the embeddings' workers use it.
+
+LitServe 0.2.19 collects a batch by asking its manager-held request queue for an item every millisecond
+(`collate_requests`: `get(timeout=min(remaining, 0.001))`), idle or not. Each ask is a round trip to the manager
+process. Measured on 2 cores with no traffic at all: each batched worker used 0.08 of a core and the manager 0.22,
+a fifth of the machine taken from the GPT. Here a worker waits (blocked, up to a second at a time) for the first
+request, then collects the rest of the batch for up to `batch_timeout`, as LitServe does.
+"""
+
+from __future__ import annotations
+
+import time
+from queue import Empty, Queue
+from typing import Any
+
+import litserve as ls
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.loops.simple_loops import BatchedLoop
+from litserve.transport.base import MessageTransport
+from litserve.utils import LitAPIStatus, LoopResponseType
+
+# How long an idle worker blocks on the queue before looking again (shutdown comes as a sentinel item anyway).
+IDLE_WAIT_SECONDS = 1.0
+
+
+class QuietBatchedLoop(BatchedLoop):
+    def get_batch_requests(
+        self, lit_api: ls.LitAPI, request_queue: Queue, transport: MessageTransport
+    ) -> tuple[list[Any], list[Any]]:
+        try:
+            items = [request_queue.get(timeout=IDLE_WAIT_SECONDS)]
+        except Empty:
+            return [], []
+        end = time.monotonic() + lit_api.batch_timeout
+        while len(items) < lit_api.max_batch_size:
+            remaining = end - time.monotonic()
+            try:
+                items.append(request_queue.get(timeout=remaining) if remaining > 0 else request_queue.get_nowait())
+            except Empty:
+                break
+        payloads, timed_out = [], []
+        apply_timeout = lit_api.request_timeout not in (-1, False)
+        for item in items:
+            if item == _SENTINEL_VALUE:
+                raise _StopLoopError()
+            response_queue_id, uid, timestamp, x_enc = item
+            # As LitServe's collate_requests: tell the API server which worker has the request.
+            self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
+            if apply_timeout and time.monotonic() - timestamp > lit_api.request_timeout:
+                timed_out.append((response_queue_id, uid))
+            else:
+                payloads.append((response_queue_id, uid, x_enc))
+        return payloads, timed_out
+
+
+def batched_loop(max_batch_size: int) -> ls.loops.LitLoop | str:
+    """The loop for a non-streaming API: quiet batching when it batches, LitServe's default otherwise."""
+    return QuietBatchedLoop() if max_batch_size > 1 else "auto"

@@ -1,0 +1,145 @@
+"""The GPT's message channel between the API-server processes and the GPT worker: ZeroMQ over Unix sockets.
+
+LitServe carries every request and response through queues held by its manager process: each put and each get is a
+round trip to that process (pickled twice, a thread hop in the API server per message). For the GPT, whose worker
+answers one message per API server per decode step, that path cost more CPU than the HTTP servers themselves and
+several milliseconds of latency per token (measured; see README, Performance). This channel is direct instead:
+
+    API server  --PUSH--> requests-<worker>   (PULL, bound by GPT worker number <worker>)
+    GPT worker  --PUSH--> responses-<queue>   (PULL, bound by the API server with LitServe response queue id <queue>)
+
+Messages are pickled Python objects (`send_pyobj`), each socket used by one thread only (ZeroMQ sockets are not
+thread-safe). Sends never block: a full pipe (the peer is gone or stuck) raises `ChannelFull` on the API side, so the
+client gets a 503, and drops the message with a log line on the worker side. The sockets live in one temporary
+folder per server start, made by the main process (`ChannelAddress.create`) and removed by `serve()` at exit.
+
+A request and its cancel item go to the same worker; with several GPT workers (one per GPU) an API server sends each
+new request to the worker with the fewest of its own requests open.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+logger = logging.getLogger(__name__)
+
+# Messages queued per socket before a send fails: far above what a healthy peer lets pile up (one per step).
+HIGH_WATER_MARK = 10_000
+
+
+class ChannelFull(RuntimeError):
+    """The worker is not taking requests (gone or stuck): the request cannot be queued."""
+
+
+@dataclass(frozen=True)
+class ChannelAddress:
+    """Where the sockets are: plain data, copied into the spawned worker and the forked API servers."""
+
+    folder: str
+    workers: int = 1
+
+    @classmethod
+    def create(cls, workers: int = 1) -> ChannelAddress:
+        # A Unix socket path is limited to ~107 bytes: a short folder under the temp dir, not the working tree.
+        return cls(tempfile.mkdtemp(prefix="tinyserve-gpt-"), workers)
+
+    def requests(self, worker: int) -> str:
+        return f"ipc://{self.folder}/requests-{worker}"
+
+    def responses(self, queue_id: int) -> str:
+        return f"ipc://{self.folder}/responses-{queue_id}"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _socket(ctx: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)  # never hold a process's exit for undelivered messages
+    sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    return sock
+
+
+class WorkerEnd:
+    """The GPT worker's side: `receive` from the intake thread only, `send` from the engine thread only."""
+
+    def __init__(self, address: ChannelAddress, worker: int) -> None:
+        self._address = address
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._inbox = _socket(self._ctx, zmq.PULL)
+        self._inbox.bind(address.requests(worker))
+        self._outboxes: dict[int, zmq.Socket[Any]] = {}
+
+    def receive(self, timeout_ms: int) -> Any | None:
+        """The next request or cancel item, or None after `timeout_ms` without one."""
+        if self._inbox.poll(timeout_ms) == 0:
+            return None
+        return self._inbox.recv_pyobj()
+
+    def send(self, queue_id: int, message: Any) -> None:
+        sock = self._outboxes.get(queue_id)
+        if sock is None:  # the first answer to this API server: connect to the socket it bound
+            sock = self._outboxes[queue_id] = _socket(self._ctx, zmq.PUSH)
+            sock.connect(self._address.responses(queue_id))
+        try:
+            sock.send_pyobj(message, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            logger.error("API server %d is not reading its responses; a message was dropped", queue_id)
+
+    def close(self) -> None:
+        self._ctx.destroy(linger=0)
+
+
+class ServerEnd:
+    """An API server's side, used from its event loop only."""
+
+    def __init__(self, address: ChannelAddress, queue_id: int) -> None:
+        self._address = address
+        self.queue_id = queue_id
+        # Sends are non-blocking, so a plain socket serves the event loop; receiving needs the asyncio flavour.
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._actx = zmq.asyncio.Context()
+        self._inbox = _socket(self._actx, zmq.PULL)
+        self._inbox.bind(address.responses(queue_id))
+        self._outboxes = [_socket(self._ctx, zmq.PUSH) for _ in range(address.workers)]
+        for worker, sock in enumerate(self._outboxes):
+            sock.connect(address.requests(worker))
+        self._worker_of: dict[str, int] = {}  # uid -> the worker that has it (its cancel must go there too)
+        self._open = [0] * address.workers
+
+    def submit(self, uid: str, arrival: float, payload: Any) -> None:
+        worker = min(range(len(self._open)), key=self._open.__getitem__)
+        self._send(worker, (self.queue_id, uid, arrival, payload))
+        self._worker_of[uid] = worker
+        self._open[worker] += 1
+
+    def cancel(self, uid: str, arrival: float, payload: Any) -> None:
+        worker = self._worker_of.get(uid)
+        if worker is not None:
+            try:
+                self._send(worker, (self.queue_id, uid, arrival, payload))
+            except ChannelFull:  # the worker is not listening: there is nothing to cancel on it either
+                pass
+
+    def release(self, uid: str) -> None:
+        """Forget a request this API server has finished with."""
+        worker = self._worker_of.pop(uid, None)
+        if worker is not None:
+            self._open[worker] -= 1
+
+    def _send(self, worker: int, item: tuple[int, str, float, Any]) -> None:
+        try:
+            self._outboxes[worker].send_pyobj(item, flags=zmq.NOBLOCK)
+        except zmq.Again as exc:
+            raise ChannelFull(f"GPT worker {worker} is not taking requests") from exc
+
+    async def receive(self) -> Any:
+        return await self._inbox.recv_pyobj()
