@@ -14,13 +14,13 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
-# Every wheel in the folder is a dependency of the project (or httpx, for the loadtest target below). The
+# Every wheel in the folder is a dependency of the project (or httpx and aiohttp, for the loadtest target below). The
 # wheelhouse fixes every version, so there is nothing to pin here. pip compiles the bytecode now, once: at run time
 # the root filesystem may be read-only, and every process would compile torch again.
 COPY wheels/*.whl /wheels/
 # hadolint ignore=DL3013
 RUN /opt/venv/bin/pip install --no-index --find-links /wheels /wheels/*.whl \
- && /opt/venv/bin/pip install --no-index --find-links /wheels --target /opt/loadtest-libs httpx
+ && /opt/venv/bin/pip install --no-index --find-links /wheels --target /opt/loadtest-libs httpx aiohttp
 
 FROM ${BASE_IMAGE} AS runtime
 # A fixed uid/gid (10001), outside the range of system accounts: Kubernetes' runAsUser names it.
@@ -55,7 +55,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD ["py
 STOPSIGNAL SIGTERM
 CMD ["tinyserve"]
 
-# `docker build --target loadtest`: the runtime image plus httpx and bench/, for compose's loadtest profile:
+# `docker build --target loadtest`: the runtime image plus httpx, aiohttp and bench/, for compose's loadtest profile:
 # `docker run IMAGE --url http://HOST:8000 --allow-remote --concurrency 8` (the arguments of `python -m bench`).
 FROM runtime AS loadtest
 COPY --from=builder /opt/loadtest-libs /opt/loadtest-libs

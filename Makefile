@@ -70,7 +70,7 @@ WHEEL_ARGS ?=
 WHEELS_STAMP := wheels/.dependencies
 $(WHEELS_STAMP): pyproject.toml | $(STAMP)
 	rm -rf wheels
-	$(BIN)/python -m pip wheel --quiet --wheel-dir wheels $(WHEEL_ARGS) '$(TORCH)' . httpx
+	$(BIN)/python -m pip wheel --quiet --wheel-dir wheels $(WHEEL_ARGS) '$(TORCH)' . httpx aiohttp
 	rm -f wheels/tinyserve-*.whl
 	touch $@
 

@@ -1,9 +1,10 @@
 """`make bench-serve`: streamed completions through HTTP vs the raw engine, at the same concurrency, in one run.
 
 The server runs as `python -m service` on a free loopback port; the client is `bench.loadgen` (closed loop, streaming,
-vLLM's definitions). The raw engine runs in this process with the same model, prompt and batch limit, with all the
-machine's threads (`--threads`), as a closed loop of the same size: its figures are the ceiling the server is measured
-against. A report, never a test.
+vLLM's definitions). The raw engine runs in this process with the same model, prompt, batch limit and prefill budget,
+as a closed loop of the same size, twice: with the server's torch threads (the same engine the server runs, with no
+HTTP, no processes, no client beside it) and with every CPU (`--threads`; on a small machine the server cannot give
+its engine every core, as the HTTP servers and the client need some). A report, never a test.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from bench.loadgen import LoadConfig, _stats, run_load
 from model.engine import Engine, SamplingParams
 from model.gpt import decode, eot_id, load_gpt, load_tokenizer
+from service.settings import Settings
 
 PROMPT_SOURCE = (
     "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. Arise, fair "
@@ -87,13 +89,15 @@ def raw_engine(
             added[rid] = time.perf_counter()
             submitted += 1
             active += 1
-        for ev in engine.step():
-            if ev.token_id is not None:
-                tokens += 1
-                if ev.request_id in added:
-                    ttft.append(time.perf_counter() - added.pop(ev.request_id))
-            if ev.finish_reason is not None:
-                active -= 1
+        # As the server does: first tokens are out once prefill() returns, before the decode step.
+        for phase in (engine.prefill, engine.decode):
+            for ev in phase():
+                if ev.token_id is not None:
+                    tokens += 1
+                    if ev.request_id in added:
+                        ttft.append(time.perf_counter() - added.pop(ev.request_id))
+                if ev.finish_reason is not None:
+                    active -= 1
     wall = time.perf_counter() - t0
     return {"output_throughput": tokens / wall, "ttft_s": _stats(ttft), "output_tokens": tokens}
 
@@ -103,8 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--requests-per-slot", type=int, default=3, help="requests per level = this x concurrency (min 8)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the raw engine (the ceiling)")
+    p.add_argument("--requests-per-slot", type=int, default=10, help="requests per level = this x concurrency (min 8)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of the second raw-engine run: the whole machine (default: every CPU)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument(
         "--set",
@@ -115,18 +124,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
-    torch.set_num_threads(args.threads)
+    batch = max(levels)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    # The server's settings for this run: the raw engine gets the same batch limit, prefill budget and threads.
+    settings = Settings(**{"gpt_max_batch_size": str(batch), **overrides})  # type: ignore[arg-type]
 
     tok = load_tokenizer()
     prompt_ids = tok.encode(PROMPT_SOURCE, add_special_tokens=False)[: args.prompt_tokens]
     prompt = decode(tok, prompt_ids)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop_token_ids=(eot_id(tok),))
     sizes = {c: max(8, args.requests_per_slot * c) for c in levels}
-    batch = max(levels)
 
     results: dict[int, dict[str, Any]] = {}
-    env = {"TINYSERVE_GPT_MAX_BATCH_SIZE": str(batch)}  # the server's own thread setting, unless --set
-    env.update({f"TINYSERVE_{k.upper()}": v for k, v in (item.split("=", 1) for item in args.set)})
+    env = {"TINYSERVE_GPT_MAX_BATCH_SIZE": str(batch)}
+    env.update({f"TINYSERVE_{k.upper()}": v for k, v in overrides.items()})
     with Server(env) as server:
         for c in levels:
             cfg = LoadConfig(
@@ -141,36 +152,44 @@ def main(argv: list[str] | None = None) -> None:
             results[c] = {"server": asyncio.run(run_load(cfg))}
             print(f"server c={c}: {results[c]['server']['output_throughput']:.0f} tok/s", flush=True)
 
-    engine = Engine(load_gpt(), max_batch_size=batch)
-    raw_engine(engine, prompt_ids, params, 1, 2)  # warm-up
-    for c in levels:
-        results[c]["engine"] = raw_engine(engine, prompt_ids, params, c, sizes[c])
-        print(f"engine c={c}: {results[c]['engine']['output_throughput']:.0f} tok/s", flush=True)
+    # Two ceilings: the engine as the server runs it (its torch threads), and the engine given the whole machine.
+    runs = {"engine": settings.torch_threads, "engine_all": args.threads}
+    model = load_gpt()
+    for key, threads in runs.items():
+        torch.set_num_threads(threads)
+        engine = Engine(model, max_batch_size=batch, max_prefill_tokens=settings.gpt_max_prefill_tokens)
+        raw_engine(engine, prompt_ids, params, 1, 2)  # warm-up
+        for c in levels:
+            results[c][key] = raw_engine(engine, prompt_ids, params, c, sizes[c])
+            print(f"raw engine ({threads} threads) c={c}: {results[c][key]['output_throughput']:.0f} tok/s", flush=True)
 
     print()
     print(
-        f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy, raw engine on {args.threads}"
-        " torch threads"
-        f" (server: its own setting), "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}"
+        f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy; server: {settings.torch_threads}"
+        f" torch thread(s) in its GPT worker, {settings.api_servers} HTTP servers, prefill budget"
+        f" {settings.gpt_max_prefill_tokens} tokens; {os.cpu_count()} CPUs shared with this client; torch"
+        f" {torch.__version__}"
     )
     print()
+    t1, tn = settings.torch_threads, args.threads
     print(
-        "| concurrency | server tok/s | raw engine tok/s | server / engine | server TTFT p50 ms | TTFT p99 ms "
-        "| engine TTFT p50 ms | failures |"
+        f"| concurrency | server tok/s | engine ({t1} thr) tok/s | server / engine | engine ({tn} thr) tok/s"
+        f" | server / engine ({tn} thr) | server TTFT p50 ms | TTFT p99 ms | engine TTFT p50 ms | failures |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in levels:
-        s, e = results[c]["server"], results[c]["engine"]
+        s, e, a = results[c]["server"], results[c]["engine"], results[c]["engine_all"]
         print(
             f"| {c} | {s['output_throughput']:,.0f} | {e['output_throughput']:,.0f} "
-            f"| {s['output_throughput'] / e['output_throughput']:.2f} | {s['ttft_s']['median'] * 1e3:.1f} "
+            f"| {s['output_throughput'] / e['output_throughput']:.2f} | {a['output_throughput']:,.0f} "
+            f"| {s['output_throughput'] / a['output_throughput']:.2f} | {s['ttft_s']['median'] * 1e3:.1f} "
             f"| {s['ttft_s']['p99'] * 1e3:.1f} | {e['ttft_s']['median'] * 1e3:.1f} | {sum(s['failures'].values())} |"
         )
     lo, hi = min(levels), max(levels)
     ratio = results[hi]["server"]["ttft_s"]["median"] / results[lo]["server"]["ttft_s"]["median"]
+    eratio = results[hi]["engine"]["ttft_s"]["median"] / results[lo]["engine"]["ttft_s"]["median"]
     print()
-    print(f"server TTFT p50 at c={hi} / at c={lo}: {ratio:.2f}")
+    print(f"server TTFT p50 at c={hi} / at c={lo}: {ratio:.2f} (raw engine: {eratio:.2f})")
     if args.json:
         args.json.write_text(json.dumps({str(c): r for c, r in results.items()}, indent=2))
 

@@ -1,7 +1,11 @@
 """Continuous-batching decoder for the GPT-2 model: token ids in, token ids out; no HTTP, no text.
 
-Each `step()` admits waiting requests (one right-padded prefill for all of them), then decodes one token for
-every active sequence at once. A finished sequence leaves at once and frees its slot for the next request.
+Each `step()` is `prefill()` then `decode()`. `prefill()` admits waiting requests while there are free slots and
+prompt tokens left in the step's prefill budget (one right-padded forward for all of them) and returns their first
+tokens; `decode()` then decodes one token for every active sequence at once. A server sends the first tokens
+between the two, so a new request's time to first token is its prefill, not its prefill plus everyone's decode; and
+the budget splits a burst of arrivals into chunks, so the first of them get their first tokens while the rest wait
+(on a CPU, prefill costs in proportion to its tokens). A finished sequence leaves at once and frees its slot.
 
 The KV cache is our own: one preallocated slot (row) per sequence, written in place. A joining sequence writes
 its prefill into a free row; a leaving one is replaced by the last row (copied up to its length); attention reads
@@ -98,7 +102,9 @@ class _Batch:
 
 
 class Engine:
-    def __init__(self, model: GPT2LMHeadModel, max_batch_size: int = 32) -> None:
+    def __init__(self, model: GPT2LMHeadModel, max_batch_size: int = 32, max_prefill_tokens: int | None = None) -> None:
+        """`max_prefill_tokens`: padded prompt tokens one `prefill()` may run (at least one request always joins);
+        None admits every waiting request that has a free slot."""
         if not isinstance(model, GPT2LMHeadModel):
             raise TypeError("the engine runs GPT2LMHeadModel only (it walks its modules directly)")
         if model.config.add_cross_attention:
@@ -115,6 +121,9 @@ class Engine:
         self._head_dim: int = cfg.n_embd // cfg.n_head
         self._layers = [_Layer.of(cast(GPT2Block, block)) for block in model.transformer.h]
         self._max_batch = max_batch_size
+        if max_prefill_tokens is not None and max_prefill_tokens < 1:
+            raise ValueError("max_prefill_tokens must be at least 1")
+        self._prefill_budget = max_prefill_tokens
         with torch.inference_mode():
             # [layer, key/value, slot, head, position, head_dim], for the full context: nothing grows.
             shape = (cfg.n_layer, 2, max_batch_size, self._heads, self._ctx, self._head_dim)
@@ -181,8 +190,13 @@ class Engine:
             self._batch = None
         return dropped
 
-    @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
+        """One scheduling iteration: `prefill()` then `decode()`."""
+        return self.prefill() + self.decode()
+
+    @torch.inference_mode()
+    def prefill(self) -> list[TokenEvent]:
+        """Apply cancels, admit waiting requests (free slots, prefill budget) and return their first tokens."""
         with self._lock:
             cancels, self._cancels = self._cancels, set()
             cancelled = [s.request_id for s in self._waiting if s.request_id in cancels]
@@ -195,13 +209,28 @@ class Engine:
         if cancelled:
             self._remove(dead, set(cancelled))
         with self._lock:
-            free = self._max_batch - len(self._rows)
-            joining = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+            joining = self._admit()
         if joining:
             events += self._prefill(joining)
-        if self._rows:
-            events += self._decode()
         return events
+
+    @torch.inference_mode()
+    def decode(self) -> list[TokenEvent]:
+        """One token for every active sequence (none when nothing runs)."""
+        return self._decode() if self._rows else []
+
+    def _admit(self) -> list[_Seq]:
+        """Take waiting requests in arrival order while slots are free and the padded prompts fit the budget."""
+        joining: list[_Seq] = []
+        width = 0
+        while self._waiting and len(self._rows) + len(joining) < self._max_batch:
+            nxt = self._waiting[0]
+            padded = (len(joining) + 1) * max(width, len(nxt.prompt))
+            if joining and self._prefill_budget is not None and padded > self._prefill_budget:
+                break
+            joining.append(self._waiting.popleft())
+            width = max(width, len(nxt.prompt))
+        return joining
 
     def _validate(self, prompt_ids: Sequence[int], p: SamplingParams) -> None:
         if not prompt_ids:

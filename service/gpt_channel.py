@@ -143,3 +143,7 @@ class ServerEnd:
 
     async def receive(self) -> Any:
         return await self._inbox.recv_pyobj()
+
+    def close(self) -> None:
+        self._ctx.destroy(linger=0)
+        self._actx.destroy(linger=0)

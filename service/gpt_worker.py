@@ -5,9 +5,9 @@ Path of a request: the API server (service/completions.py) tokenizes and validat
 
 - the intake thread takes it off the channel and puts it in the engine's thread-safe inbox (a cancel item goes
   straight to `engine.cancel`), then wakes the engine thread;
-- the engine thread runs `engine.step()` back to back while there is work (each step admits waiting requests,
-  prefills them and decodes one token for every running sequence) and after every step sends one message per API
-  server: `[(uid, token message, status), ...]`; when there is no work it sleeps on an event.
+- the engine thread runs steps back to back while there is work: `engine.prefill()` (admit waiting requests within
+  the prefill budget; their first tokens), then `engine.decode()` (one token for every running sequence), and after
+  each sends one message per API server: `[(uid, token message, status), ...]`; with no work it sleeps on an event.
 
 Why threads and not LitServe's `ContinuousBatchingLoop` (litserve 0.2.19), which this loop first subclassed: its
 intake takes each request off a manager queue in a thread and answers a START message through the manager on the
@@ -146,9 +146,15 @@ class EngineLoop(LitLoop):
                 self._flush(api, outbox)
                 self._wake.wait(timeout=1.0)  # set by the intake thread
                 continue
-            step_start = time.monotonic()
             try:
-                events = engine.step()
+                # First tokens go out as soon as their prefill is done, before everyone's decode step.
+                for phase in (engine.prefill, engine.decode):
+                    phase_start = time.monotonic()
+                    events = phase()
+                    self._record(events, phase_start, engine)
+                    self._route(outbox, events)
+                    self._flush(api, outbox)
+                    outbox = {}
             except Exception as exc:  # a failed step must not leave half a batch behind
                 logger.exception("engine step failed; resetting the engine")
                 engine.reset()
@@ -158,17 +164,16 @@ class EngineLoop(LitLoop):
                 self._arrivals.clear()
                 self._last_token.clear()
                 self._flush(api, outbox)
+
+    def _route(self, outbox: dict[int, list[StepItem]], events: list[TokenEvent]) -> None:
+        # One message per API server per phase, not one per token (a decode step at batch 32 is 32 tokens).
+        for ev in events:
+            queue_id = self._routes.get(ev.request_id)
+            if queue_id is None:
                 continue
-            self._record(events, step_start, engine)
-            # One message per API server per step, not one per token (a step at batch 32 is 32 tokens).
-            for ev in events:
-                queue_id = self._routes.get(ev.request_id)
-                if queue_id is None:
-                    continue
-                outbox.setdefault(queue_id, []).append((ev.request_id, token_message(ev), LitAPIStatus.OK))
-                if ev.finish_reason is not None:
-                    self._finish(outbox, ev.request_id, "", LitAPIStatus.FINISH_STREAMING)
-            self._flush(api, outbox)
+            outbox.setdefault(queue_id, []).append((ev.request_id, token_message(ev), LitAPIStatus.OK))
+            if ev.finish_reason is not None:
+                self._finish(outbox, ev.request_id, "", LitAPIStatus.FINISH_STREAMING)
 
     def _finish(self, outbox: dict[int, list[StepItem]], uid: str, data: Any, status: LitAPIStatus) -> None:
         queue_id = self._routes.pop(uid, None)
@@ -225,7 +230,11 @@ class GPTAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         torch.set_num_threads(self.settings.torch_threads)
         model = load_gpt(self.settings.gpt_dir, device)
-        self.engine = Engine(model, max_batch_size=self.settings.gpt_max_batch_size)
+        self.engine = Engine(
+            model,
+            max_batch_size=self.settings.gpt_max_batch_size,
+            max_prefill_tokens=self.settings.gpt_max_prefill_tokens,
+        )
         # LitServe sets the worker's index (per API path) before setup; bound before the worker reports ready.
         self.channel = WorkerEnd(self.address, int(os.environ.get("LITSERVE_WORKER_ID", "0")))
         logger.info("GPT engine ready on %s (%s)", device, next(model.parameters()).dtype)

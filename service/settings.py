@@ -51,6 +51,15 @@ class Settings(BaseSettings):
         le=512,
         description="most sequences the engine decodes together (continuous batching)",
     )
+    # Like vLLM's max_num_batched_tokens for prefill: a burst of new requests is prefilled in chunks, the first
+    # chunk's first tokens sent before the next chunk runs. Measured (raw engine, 1 thread, 32 clients, 32-token
+    # prompts): TTFT p50 80 ms with no limit, 17 ms at 256, 10 ms at 128; output tokens/s the same at 256, -7% at 128.
+    gpt_max_prefill_tokens: int = Field(
+        default=256,
+        ge=1,
+        le=65_536,
+        description="most (padded) prompt tokens prefilled in one engine step; a longer prompt still runs alone",
+    )
     embeddings_max_batch_size: int = Field(
         default=8, ge=1, le=256, description="most embeddings requests run as one padded forward pass"
     )
@@ -96,7 +105,11 @@ class Settings(BaseSettings):
     accelerator: Literal["auto", "cpu", "cuda", "mps"] = Field(
         default="auto", description="device for the models: auto picks CUDA when present, else CPU"
     )
-    fast_queue: bool = Field(default=False, description="ZeroMQ instead of manager queues for responses")
+    fast_queue: bool = Field(
+        default=False,
+        description="LitServe's ZeroMQ transport for the classifier's and embeddings' responses (the GPT has its own"
+        " channel)",
+    )
     http_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         default="auto", description="uvicorn's event loop (auto: uvloop when installed)"
     )

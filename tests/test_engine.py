@@ -319,3 +319,41 @@ def test_runs_in_the_models_dtype():
     assert all(
         isinstance(e.logprob, float) and e.top_logprobs is not None and len(e.top_logprobs) == 2 for e in evs["b"]
     )
+
+
+def test_prefill_budget_admits_a_burst_in_chunks(model):
+    # Budget 16 padded tokens: [5,6,7] and [20] fit together (2 x 3 = 6); adding the 8-token prompt would make
+    # 3 x 8 = 24. A prompt longer than the budget still joins, alone.
+    engine = Engine(model, max_batch_size=8, max_prefill_tokens=16)
+    burst = [PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[3]]  # 3, 1, 8, 20 tokens
+    for i, prompt in enumerate(burst):
+        engine.add_request(f"r{i}", prompt, greedy(5))
+    first = engine.prefill()
+    assert [e.request_id for e in first] == ["r0", "r1"]
+    assert all(e.token_id is not None for e in first) and engine.num_waiting == 2
+    assert [e.request_id for e in engine.decode()] == ["r0", "r1"]  # the second tokens of the first chunk
+    assert [e.request_id for e in engine.prefill()] == ["r2"]  # 8 tokens: the 20-token prompt would not fit
+    engine.decode()
+    assert [e.request_id for e in engine.prefill()] == ["r3"]  # longer than the budget: alone
+    assert engine.num_waiting == 0
+
+
+def test_chunked_prefill_changes_no_token(model):
+    # The budget only changes when a request joins; each one's greedy tokens stay those of generate.
+    schedule = {0: [(f"r{i}", p, greedy(9)) for i, p in enumerate(PROMPTS)]}
+    events = run(Engine(model, max_batch_size=4, max_prefill_tokens=1), schedule)
+    for i, prompt in enumerate(PROMPTS):
+        assert tokens(events[f"r{i}"]) == generate_ref(model, prompt, 9), f"r{i}"
+
+
+def test_prefill_and_decode_split_a_step(model):
+    engine = Engine(model)
+    engine.add_request("a", PROMPTS[1], greedy(3))
+    assert engine.decode() == []  # nothing runs before a prefill
+    first = engine.prefill()
+    assert [(e.request_id, e.finish_reason) for e in first] == [("a", None)]
+    assert engine.prefill() == []  # nobody waiting
+    second = engine.decode()
+    assert tokens(first + second) == generate_ref(model, PROMPTS[1], 2)
+    with pytest.raises(ValueError, match="max_prefill_tokens"):
+        Engine(model, max_prefill_tokens=0)

@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
+from aiohttp import web
 
 from bench.__main__ import main as bench_main
 from bench.compare import ENGINE, HF, HF_CB, NAIVE, TINYSERVE, render
@@ -88,7 +88,7 @@ def test_cli_counts_failures_by_kind(base_url: str, capsys: pytest.CaptureFixtur
     assert out["completed"] == 0 and out["failures"] == {"http_404": 3}
     closed = f"http://127.0.0.1:{free_port()}"
     rc, out = run_cli(capsys, "--url", closed, "--num-requests", "3", "--tokenizer", "local", *SMALL)
-    assert rc == 1 and out["failures"] == {"ConnectError": 3}
+    assert rc == 1 and out["failures"] == {"ClientConnectorError": 3}
 
 
 def test_cli_refuses_remote_hosts() -> None:
@@ -158,9 +158,25 @@ USAGE = json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tok
 
 
 def _run_fake(body: bytes, status: int = 200, n: int = 2) -> dict:
-    transport = httpx.MockTransport(lambda request: httpx.Response(status, content=body))
-    cfg = LoadConfig(url="http://fake", concurrency=1, num_requests=n, warmup=0, transport=transport)
-    return asyncio.run(run_load(cfg))
+    """The load generator against a one-route aiohttp server that answers every request with `body`."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, content_type="text/event-stream")
+
+    async def go() -> dict:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            cfg = LoadConfig(url=f"http://127.0.0.1:{port}", concurrency=1, num_requests=n, warmup=0)
+            return await run_load(cfg)
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(go())
 
 
 @pytest.mark.parametrize(

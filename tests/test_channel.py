@@ -1,0 +1,80 @@
+"""The GPT channel (service/gpt_channel.py) in one process: routing, cancels, spreading over workers, back-pressure."""
+
+import asyncio
+
+import pytest
+
+from service import gpt_channel
+from service.gpt_channel import ChannelAddress, ChannelFull, ServerEnd, WorkerEnd
+
+
+@pytest.fixture
+def address():
+    addr = ChannelAddress.create(workers=2)
+    yield addr
+    addr.remove()
+
+
+def test_requests_reach_a_worker_and_steps_come_back_to_the_api_server_that_sent_them(address):
+    async def scenario() -> None:
+        workers = [WorkerEnd(address, 0), WorkerEnd(address, 1)]
+        api = [ServerEnd(address, 0), ServerEnd(address, 1)]
+        try:
+            api[1].submit("u1", 1.5, {"prompt_ids": [1, 2]})
+            got = [w.receive(timeout_ms=2000) for w in workers]
+            item = next(g for g in got if g is not None)
+            assert item == (1, "u1", 1.5, {"prompt_ids": [1, 2]})  # tagged with the sender's queue id
+            worker = workers[got.index(item)]
+            worker.send(item[0], [("u1", {"token": 7}, "ok")])
+            assert await asyncio.wait_for(api[1].receive(), 5) == [("u1", {"token": 7}, "ok")]
+            # The cancel follows its request to the same worker, even when the other one is less loaded now.
+            api[1].cancel("u1", 2.0, {"cancel": True})
+            assert worker.receive(timeout_ms=2000) == (1, "u1", 2.0, {"cancel": True})
+            api[1].release("u1")
+            api[1].cancel("u1", 3.0, {"cancel": True})  # released: nothing to send any more
+            assert all(w.receive(timeout_ms=100) is None for w in workers)
+        finally:
+            for w in workers:
+                w.close()
+            for a in api:
+                a.close()
+
+    asyncio.run(scenario())
+
+
+def test_new_requests_go_to_the_worker_with_fewest_open(address):
+    workers = [WorkerEnd(address, 0), WorkerEnd(address, 1)]
+    api = ServerEnd(address, 0)
+    try:
+        for uid in ("a", "b", "c", "d"):
+            api.submit(uid, 0.0, {})
+        per_worker: list[list[str]] = [[], []]
+        for i, w in enumerate(workers):
+            while (item := w.receive(timeout_ms=500)) is not None:
+                per_worker[i].append(item[1])
+        assert sorted(map(len, per_worker)) == [2, 2]
+        home = next(i for i, uids in enumerate(per_worker) if "b" in uids)
+        assert home == 1  # ties go to the first worker, so b (second) went to worker 1
+        api.release("b")  # worker 1 has one open now, worker 0 two
+        api.submit("e", 0.0, {})
+        item = workers[1].receive(timeout_ms=2000)
+        assert item is not None and item[1] == "e"
+        assert workers[0].receive(timeout_ms=100) is None
+    finally:
+        for w in workers:
+            w.close()
+        api.close()
+
+
+def test_a_worker_that_takes_nothing_fills_the_pipe_and_submit_says_so(monkeypatch):
+    monkeypatch.setattr(gpt_channel, "HIGH_WATER_MARK", 5)
+    address = ChannelAddress.create(workers=1)
+    try:
+        api = ServerEnd(address, 0)  # no worker ever binds: messages queue up to the high-water mark
+        with pytest.raises(ChannelFull):
+            for i in range(50):
+                api.submit(f"u{i}", 0.0, {})
+        assert i >= 5
+        api.close()
+    finally:
+        address.remove()
