@@ -375,7 +375,7 @@ def render(data: dict[str, Any], doc: Path) -> str:
         f"- **Work**: one prompt of {st['prompt_tokens']} tokens (a window of the fixed passage in "
         f"`bench/prompts.py`), `max_tokens` {st['max_tokens']}, greedy (`temperature` 0), streamed, generation "
         "stopping early only at the end-of-text token. The same weights (`model/weights/gpt`) everywhere.",
-        "- **Load**: a closed loop of *c* requests in flight (`bench.loadgen`, asyncio + httpx on the same machine), "
+        "- **Load**: a closed loop of *c* requests in flight (`bench.loadgen`, asyncio + aiohttp on the same machine), "
         "2 warm-up requests per level, then "
         + ", ".join(f"{st['requests'][str(c)]} requests at c={c}" for c in levels)
         + f" (no request starts after {st['level_seconds']:.0f} s).",

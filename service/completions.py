@@ -42,6 +42,7 @@ from service.schemas.completions import (
     Logprobs,
     ModelCard,
     ModelList,
+    StreamChunk,
     TokenizeRequest,
     TokenizeResponse,
     Usage,
@@ -244,10 +245,18 @@ class CompletionsSpec(LitSpec):
     async def _messages(self, choice: Choice) -> AsyncIterator[dict[str, Any]]:
         """Token messages of one choice from the worker; raises on a worker error."""
         item = self._buffers[choice.uid]
-        async for data, status in self.data_streamer(item.response_queue, item.event, send_status=True):
-            if status == LitAPIStatus.ERROR:
-                raise data if isinstance(data, BaseException) else HTTPException(500, "worker error")
-            yield data
+        queue, ready = item.response_queue, item.event
+        assert queue is not None
+        while True:
+            while queue:
+                data, status = queue.popleft()
+                if status == LitAPIStatus.FINISH_STREAMING:
+                    return
+                if status == LitAPIStatus.ERROR:
+                    raise data if isinstance(data, BaseException) else HTTPException(500, "worker error")
+                yield data
+            ready.clear()
+            await ready.wait()
 
     def _apply(self, choice: Choice, msg: dict[str, Any]) -> str:
         """Fold one token message into the choice; return the text delta it releases."""
@@ -417,49 +426,39 @@ class CompletionsSpec(LitSpec):
     async def _stream(
         self, cid: str, model: str, choices: list[Choice], include_usage: bool, deadline: float
     ) -> AsyncIterator[str]:
-        def chunk(c: Choice, text: str, finish: FinishReason | None, logprobs: Logprobs | None = None) -> str:
-            # model_construct skips validation: these values come from us, and this runs once per token.
-            choice = CompletionChoice.model_construct(index=c.index, text=text, logprobs=logprobs, finish_reason=finish)
-            body = Completion.model_construct(
-                id=cid,
-                object="text_completion",
-                created=created,
-                model=model,
-                choices=[choice],
-                usage=None,
-                system_fingerprint=None,
-            )
-            return f"data: {body.model_dump_json()}\n\n"
-
         def error(exc: BaseException) -> str:
             return f"data: {json.dumps(error_content(exc))}\n\n"
 
-        created = int(time.time())
+        def expire() -> None:
+            # One timer for the whole request rather than a timeout around each token's wait: the deadline arrives
+            # as an error message in every choice's buffer, and the stream ends with it.
+            late = HTTPException(
+                504,
+                openai_error(
+                    f"the request took longer than its deadline of {deadline:g} s",
+                    "timeout",
+                    "deadline_exceeded",
+                    "server_error",
+                ),
+            )
+            for c in choices:
+                item = self._buffers.get(c.uid)
+                if item is not None and item.response_queue is not None:
+                    item.response_queue.appendleft((late, LitAPIStatus.ERROR))  # before any token still queued
+                    item.event.set()
+
+        chunk = StreamChunk(cid, model)
+        timer = asyncio.get_running_loop().call_later(deadline, expire)
         events = self._events(choices)
         try:
             for c in choices:
                 if c.echo:  # the prompt comes first
-                    yield chunk(c, c.echo, None)
+                    yield chunk(c.index, c.echo, None)
             open_choices = len(choices)
-            ends_at = asyncio.get_running_loop().time() + deadline
             while open_choices:
                 try:
-                    async with asyncio.timeout_at(ends_at):
-                        c, msg = await anext(events)
-                except TimeoutError:
-                    yield error(
-                        HTTPException(
-                            504,
-                            openai_error(
-                                f"the request took longer than its deadline of {deadline:g} s",
-                                "timeout",
-                                "deadline_exceeded",
-                                "server_error",
-                            ),
-                        )
-                    )
-                    break
-                except Exception as exc:  # a worker error, or an engine reset: the client hears of it
+                    c, msg = await anext(events)
+                except Exception as exc:  # a worker error, an engine reset, the deadline: the client hears of it
                     yield error(exc)
                     break
                 if msg is None:  # a choice's messages ended; its finish was counted when it came
@@ -480,18 +479,21 @@ class CompletionsSpec(LitSpec):
                         text_offset=c.logprobs.text_offset[n_lp:],
                     )
                 if delta or c.finish_reason is not None or (lp is not None and lp.tokens):
-                    yield chunk(c, delta, c.finish_reason, lp)
+                    yield chunk(c.index, delta, c.finish_reason, lp)
                 if c.finish_reason is not None:
                     if msg["finish"] is None:
                         self._cancel(c.uid)  # stopped by a stop string: free the slot
                     open_choices -= 1
             else:
                 if include_usage:
-                    usage = Completion(id=cid, created=created, model=model, choices=[], usage=self._usage(choices))
+                    usage = Completion(
+                        id=cid, created=chunk.created, model=model, choices=[], usage=self._usage(choices)
+                    )
                     yield f"data: {usage.model_dump_json()}\n\n"
             yield "data: [DONE]\n\n"
         finally:
             # Runs on normal end, on error, and when Starlette cancels us because the client went away.
+            timer.cancel()
             await events.aclose()
             self._release(choices)
 

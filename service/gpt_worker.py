@@ -141,6 +141,7 @@ class EngineLoop(LitLoop):
             outbox: dict[int, list[StepItem]] = {}
             while self._refused:
                 uid, why = self._refused.pop()
+                self._arrivals.pop(uid, None)
                 self._finish(outbox, uid, HTTPException(400, why), LitAPIStatus.ERROR)
             if not engine.has_work():
                 self._flush(api, outbox)

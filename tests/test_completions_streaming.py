@@ -8,7 +8,9 @@ import time
 
 import httpx
 import openai
+import pytest
 
+from service.schemas.completions import Completion, CompletionChoice, Logprobs, StreamChunk
 from tests.helpers import metric_value
 
 PROMPT = "KING HENRY.\nNow, lords,"
@@ -172,3 +174,23 @@ def test_a_hundred_dropped_streams_leave_nothing_running_and_no_memory_behind(se
             assert grown < 0.10, f"server memory grew {grown:.1%} over 100 dropped streams"
 
     asyncio.run(main())
+
+
+TRICKY_TEXTS = ["", " hello", "é ü 日本", "🙂", 'say "hi"', "a\\b", "line\nnext\ttab", "\x01\x1f\x7f", "\u2028"]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXTS)
+@pytest.mark.parametrize("finish", [None, "stop", "length"])
+def test_stream_chunks_are_the_bytes_pydantic_writes(text, finish):
+    lp = Logprobs(tokens=[text], token_logprobs=[-0.5], top_logprobs=[{text: -0.5, "x": -1.25}], text_offset=[3])
+    for logprobs in (None, lp):
+        chunk = StreamChunk("cmpl-1", "tinyserve-gpt", created=123)
+        expected = Completion(
+            id="cmpl-1",
+            created=123,
+            model="tinyserve-gpt",
+            choices=[CompletionChoice(index=2, text=text, logprobs=logprobs, finish_reason=finish)],
+        ).model_dump_json()
+        got = chunk(2, text, finish, logprobs)
+        assert got == f"data: {expected}\n\n"
+        assert json.loads(got[6:]) == json.loads(expected)

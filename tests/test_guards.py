@@ -72,7 +72,8 @@ def test_past_the_bounded_queue_the_answer_is_an_immediate_503(guarded):
 
 
 def test_a_stream_past_its_deadline_ends_with_an_error_chunk_and_frees_its_slot(base_url):
-    body = {"prompt": "KING.", "max_tokens": 240, "temperature": 0, "stream": True, "timeout": 0.3}
+    # 64 choices of 240 tokens through a 32-sequence batch: seconds of work, far past the 0.3 s deadline.
+    body = {"prompt": ["KING."] * 8, "n": 8, "max_tokens": 240, "temperature": 0, "stream": True, "timeout": 0.3}
     with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as r:
         events = list(sse_events(r.iter_lines()))
     assert events[-1] == "[DONE]"
@@ -87,7 +88,7 @@ def test_a_stream_past_its_deadline_ends_with_an_error_chunk_and_frees_its_slot(
 def test_a_non_streamed_request_past_its_own_timeout_is_408(base_url):
     r = httpx.post(
         f"{base_url}/v1/completions",
-        json={"prompt": "KING.", "max_tokens": 240, "temperature": 0, "timeout": 0.2},
+        json={"prompt": ["KING."] * 8, "n": 8, "max_tokens": 240, "temperature": 0, "timeout": 0.2},
         timeout=60,
     )
     assert r.status_code == 408 and r.json()["error"]["code"] == "deadline_exceeded"

@@ -6,6 +6,7 @@ Unknown parameters are ignored, as OpenAI-compatible servers do.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Literal
@@ -122,6 +123,35 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+class StreamChunk:
+    """Writes one streamed chunk (a `Completion` with one choice) as an SSE event, for one request.
+
+    The frame around the choice is `Completion`'s own JSON, made once per request; only the choice is written per
+    token: pydantic's `model_dump_json` took 8.6 us a chunk, this 0.4 (measured). tests/test_completions_streaming.py
+    checks that both give the same bytes.
+    """
+
+    def __init__(self, cid: str, model: str, created: int | None = None) -> None:
+        self.created = int(time.time()) if created is None else created
+        frame = Completion.model_construct(
+            id=cid,
+            object="text_completion",
+            created=self.created,
+            model=model,
+            choices=[],
+            usage=None,
+            system_fingerprint=None,
+        ).model_dump_json()
+        self._head, self._tail = frame.split('"choices":[]', 1)
+
+    def __call__(self, index: int, text: str, finish: FinishReason | None, logprobs: Logprobs | None = None) -> str:
+        lp = "null" if logprobs is None else logprobs.model_dump_json()
+        fin = "null" if finish is None else f'"{finish}"'
+        text_json = json.dumps(text, ensure_ascii=False)
+        choice = f'{{"index":{index},"text":{text_json},"logprobs":{lp},"finish_reason":{fin}}}'
+        return f'data: {self._head}"choices":[{choice}]{self._tail}\n\n'
 
 
 class ModelCard(BaseModel):
