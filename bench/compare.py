@@ -231,7 +231,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tok = load_tokenizer(WEIGHTS)
         ids = tok.encode(prompt, add_special_tokens=False)
         params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop_token_ids=(eot_id(tok),))
-        eng = Engine(load_gpt(WEIGHTS), max_batch_size=max(levels))
+        # The server's own prefill budget, so the ceiling schedules as the server does.
+        budget = tinyserve_default("gpt_max_prefill_tokens")
+        eng = Engine(load_gpt(WEIGHTS), max_batch_size=max(levels), max_prefill_tokens=budget)
         raw_engine(eng, ids, params, 1, 2)  # warm-up
         out = {}
         for c in levels:
@@ -393,8 +395,8 @@ def render(data: dict[str, Any], doc: Path) -> str:
         ),
         f"  - *tinyserve*: `python -m service` (continuous batching of up to {st['tinyserve_batch']} sequences).",
         "  - *raw engine*: `model.engine.Engine` driven in-process by `bench.serve.raw_engine` (no HTTP, no "
-        f"tokenizer, no client, {_n(st['engine_threads'], 'torch thread')}): the ceiling. Its TTFT counts from "
-        "`add_request`.",
+        f"tokenizer, no client, {_n(st['engine_threads'], 'torch thread')}, the server's prefill budget): the "
+        "ceiling. Its TTFT counts from `add_request`.",
         "  - *naive FastAPI + generate*: `bench/naive_app.py`, the app a user writes first: a sync handler per "
         "request starting `model.generate` in a thread with a `TextIteratorStreamer` (streaming, so TTFT is the "
         "first text it yields; the streamer holds text back to a word boundary, as users see it).",

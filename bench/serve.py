@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,8 @@ from bench.loadgen import LoadConfig, _stats, run_load
 from model.engine import Engine, SamplingParams
 from model.gpt import decode, eot_id, load_gpt, load_tokenizer
 from service.settings import Settings
+
+SOURCES = ("server", "engine", "engine_all")
 
 PROMPT_SOURCE = (
     "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. Arise, fair "
@@ -74,6 +79,11 @@ class Server:
             self.proc.kill()
 
 
+@dataclass
+class _Running:
+    url: str
+
+
 def raw_engine(
     engine: Engine, prompt_ids: list[int], params: SamplingParams, concurrency: int, n: int
 ) -> dict[str, Any]:
@@ -114,6 +124,12 @@ def main(argv: list[str] | None = None) -> None:
         default=os.cpu_count() or 1,
         help="torch threads of the second raw-engine run: the whole machine (default: every CPU)",
     )
+    p.add_argument(
+        "--url",
+        default=None,
+        help="measure this running server instead of starting one (its settings: the defaults plus --set)",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="runs of every level; the table shows medians")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument(
         "--set",
@@ -135,40 +151,44 @@ def main(argv: list[str] | None = None) -> None:
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, stop_token_ids=(eot_id(tok),))
     sizes = {c: max(8, args.requests_per_slot * c) for c in levels}
 
-    results: dict[int, dict[str, Any]] = {}
+    # runs[key][c]: one summary per repeat; key is "server", "engine" (server's threads) or "engine_all".
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {k: {c: [] for c in levels} for k in SOURCES}
     env = {"TINYSERVE_GPT_MAX_BATCH_SIZE": str(batch)}
     env.update({f"TINYSERVE_{k.upper()}": v for k, v in overrides.items()})
-    with Server(env) as server:
-        for c in levels:
-            cfg = LoadConfig(
-                url=server.url,
-                concurrency=c,
-                num_requests=sizes[c],
-                prompts=[prompt],
-                max_tokens=args.max_tokens,
-                temperature=0.0,
-                warmup=2,
-            )
-            results[c] = {"server": asyncio.run(run_load(cfg))}
-            print(f"server c={c}: {results[c]['server']['output_throughput']:.0f} tok/s", flush=True)
+    with contextlib.nullcontext(_Running(args.url)) if args.url else Server(env) as server:
+        for r in range(args.repeat):
+            for c in levels:
+                cfg = LoadConfig(
+                    url=server.url,
+                    concurrency=c,
+                    num_requests=sizes[c],
+                    prompts=[prompt],
+                    max_tokens=args.max_tokens,
+                    temperature=0.0,
+                    warmup=2,
+                )
+                runs["server"][c].append(asyncio.run(run_load(cfg)))
+                tps = runs["server"][c][-1]["output_throughput"]
+                print(f"[{r + 1}/{args.repeat}] server c={c}: {tps:.0f} tok/s", flush=True)
 
     # Two ceilings: the engine as the server runs it (its torch threads), and the engine given the whole machine.
-    runs = {"engine": settings.torch_threads, "engine_all": args.threads}
     model = load_gpt()
-    for key, threads in runs.items():
+    for key, threads in (("engine", settings.torch_threads), ("engine_all", args.threads)):
         torch.set_num_threads(threads)
         engine = Engine(model, max_batch_size=batch, max_prefill_tokens=settings.gpt_max_prefill_tokens)
         raw_engine(engine, prompt_ids, params, 1, 2)  # warm-up
-        for c in levels:
-            results[c][key] = raw_engine(engine, prompt_ids, params, c, sizes[c])
-            print(f"raw engine ({threads} threads) c={c}: {results[c][key]['output_throughput']:.0f} tok/s", flush=True)
+        for r in range(args.repeat):
+            for c in levels:
+                runs[key][c].append(raw_engine(engine, prompt_ids, params, c, sizes[c]))
+                tps = runs[key][c][-1]["output_throughput"]
+                print(f"[{r + 1}/{args.repeat}] raw engine ({threads} threads) c={c}: {tps:.0f} tok/s", flush=True)
 
     print()
     print(
         f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy; server: {settings.torch_threads}"
         f" torch thread(s) in its GPT worker, {settings.api_servers} HTTP servers, prefill budget"
         f" {settings.gpt_max_prefill_tokens} tokens; {os.cpu_count()} CPUs shared with this client; torch"
-        f" {torch.__version__}"
+        f" {torch.__version__}; medians of {args.repeat} runs (a ratio: the median of the runs' ratios)"
     )
     print()
     t1, tn = settings.torch_threads, args.threads
@@ -177,21 +197,38 @@ def main(argv: list[str] | None = None) -> None:
         f" | server / engine ({tn} thr) | server TTFT p50 ms | TTFT p99 ms | engine TTFT p50 ms | failures |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table: dict[int, dict[str, float]] = {}
     for c in levels:
-        s, e, a = results[c]["server"], results[c]["engine"], results[c]["engine_all"]
+        srv, eng, all_ = runs["server"][c], runs["engine"][c], runs["engine_all"][c]
+        row = table[c] = {
+            "server_tps": _median(x["output_throughput"] for x in srv),
+            "engine_tps": _median(x["output_throughput"] for x in eng),
+            "engine_all_tps": _median(x["output_throughput"] for x in all_),
+            "ratio": _median(a["output_throughput"] / b["output_throughput"] for a, b in zip(srv, eng, strict=True)),
+            "ratio_all": _median(
+                a["output_throughput"] / b["output_throughput"] for a, b in zip(srv, all_, strict=True)
+            ),
+            "server_ttft_p50": _median(x["ttft_s"]["median"] for x in srv),
+            "server_ttft_p99": _median(x["ttft_s"]["p99"] for x in srv),
+            "engine_ttft_p50": _median(x["ttft_s"]["median"] for x in eng),
+            "failures": sum(sum(x["failures"].values()) for x in srv),
+        }
         print(
-            f"| {c} | {s['output_throughput']:,.0f} | {e['output_throughput']:,.0f} "
-            f"| {s['output_throughput'] / e['output_throughput']:.2f} | {a['output_throughput']:,.0f} "
-            f"| {s['output_throughput'] / a['output_throughput']:.2f} | {s['ttft_s']['median'] * 1e3:.1f} "
-            f"| {s['ttft_s']['p99'] * 1e3:.1f} | {e['ttft_s']['median'] * 1e3:.1f} | {sum(s['failures'].values())} |"
+            f"| {c} | {row['server_tps']:,.0f} | {row['engine_tps']:,.0f} | {row['ratio']:.2f}"
+            f" | {row['engine_all_tps']:,.0f} | {row['ratio_all']:.2f} | {row['server_ttft_p50'] * 1e3:.1f}"
+            f" | {row['server_ttft_p99'] * 1e3:.1f} | {row['engine_ttft_p50'] * 1e3:.1f} | {row['failures']:.0f} |"
         )
     lo, hi = min(levels), max(levels)
-    ratio = results[hi]["server"]["ttft_s"]["median"] / results[lo]["server"]["ttft_s"]["median"]
-    eratio = results[hi]["engine"]["ttft_s"]["median"] / results[lo]["engine"]["ttft_s"]["median"]
+    ratio = table[hi]["server_ttft_p50"] / table[lo]["server_ttft_p50"]
+    eratio = table[hi]["engine_ttft_p50"] / table[lo]["engine_ttft_p50"]
     print()
     print(f"server TTFT p50 at c={hi} / at c={lo}: {ratio:.2f} (raw engine: {eratio:.2f})")
     if args.json:
-        args.json.write_text(json.dumps({str(c): r for c, r in results.items()}, indent=2))
+        args.json.write_text(json.dumps({"table": table, "runs": runs}, indent=2))
+
+
+def _median(values: Any) -> float:
+    return float(statistics.median(list(values)))
 
 
 if __name__ == "__main__":

@@ -67,9 +67,9 @@ class Settings(BaseSettings):
     embeddings_batch_timeout: float = Field(
         default=0.005, ge=0.0, le=1.0, description="seconds a worker waits to fill an embeddings batch"
     )
-    # One thread by default: beside the HTTP server, the client and LitServe's manager on a 2-core machine, a
-    # 2-thread engine stalls whenever one of its threads is descheduled (measured at 32 streams: 2,198 output
-    # tokens/s with 1 thread against 1,463 with 2). Raise it where cores are to spare.
+    # One thread by default: beside the HTTP servers and a load generator on a 2-core machine, a 2-thread engine
+    # stalls whenever one of its threads is descheduled (measured at 32 streams: 3,173 output tokens/s with 1 thread
+    # against 2,026 with 2). Raise it where cores are to spare.
     torch_threads: int = Field(
         default=1, ge=1, le=256, description="torch threads in each GPT and embeddings worker process (CPU only)"
     )

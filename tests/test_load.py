@@ -288,3 +288,22 @@ def test_naive_app_speaks_the_openai_stream() -> None:
     assert events[-1] == "[DONE]"
     assert json.loads(events[-3])["choices"][0]["finish_reason"] in ("length", "stop")
     assert 1 <= json.loads(events[-2])["usage"]["completion_tokens"] <= 5
+
+
+def test_bench_serve_reports_server_and_engine_side_by_side(base_url: str, tmp_path: Path) -> None:
+    from bench.serve import main as bench_serve
+
+    out = tmp_path / "serve.json"
+    bench_serve(
+        ["--url", base_url, "--concurrency", "1,2", "--requests-per-slot", "1", "--max-tokens", "4", "--repeat", "2"]
+        + ["--json", str(out)]
+    )
+    data = json.loads(out.read_text())
+    assert set(data["table"]) == {"1", "2"}
+    for row in data["table"].values():
+        assert row["failures"] == 0
+        assert row["server_tps"] > 0 and row["engine_tps"] > 0 and row["engine_all_tps"] > 0
+        assert row["ratio"] > 0 and row["server_ttft_p50"] > 0
+    for source in ("server", "engine", "engine_all"):
+        assert [len(data["runs"][source][c]) for c in ("1", "2")] == [2, 2]  # one summary per repeat
+        assert all(run["output_tokens"] == 8 * 4 for run in data["runs"][source]["1"])  # 8 requests x 4 tokens
