@@ -67,6 +67,14 @@ CLASSIFY_PREDICT_SECONDS = Histogram(
     registry=None,
 )
 
+# Filled by service/batching.py's loop, which sees each request's arrival time (LitServe's own batched loop drops it).
+BATCHED_QUEUE_TIME = Histogram(
+    "tinyserve_batched_request_queue_time_seconds",
+    "Seconds from the API server queuing a classify or embeddings request to a worker taking it into a batch.",
+    ["api"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=None,
+)
 
 # Latency buckets from 1 ms (a tiny model's decode step) to a minute (a long stream under load).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -107,3 +107,11 @@ def test_classify_predictions_are_counted_by_symbol(base_url: str) -> None:
     for _ in range(3):
         assert httpx.post(f"{base_url}/v1/classify", json={"pixels": plus}).json()["symbol"] == "plus"
     assert metric_value(base_url, name, {"symbol": "plus"}) - before == 3
+
+
+def test_batched_apis_record_each_requests_time_in_the_queue(base_url: str) -> None:
+    name = "tinyserve_batched_request_queue_time_seconds_count"
+    for path, body in (("/v1/classify", PLUS), ("/v1/embeddings", {"input": ["to be", "or not"]})):
+        before = metric_value(base_url, name, {"api": path})
+        assert httpx.post(f"{base_url}{path}", json=body, timeout=60).status_code == 200
+        assert metric_value(base_url, name, {"api": path}) - before == 1, path
