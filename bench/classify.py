@@ -3,8 +3,8 @@
     python -m bench.classify            # bare FastAPI; LitServe stock, unbatched, tinyserve defaults
     python -m bench.classify --sweep    # also the LitServe variants tried while tuning the defaults
 
-Servers take turns, one at a time (an idle LitServe worker with batching polls its queue every millisecond,
-about a fifth of a core, so idle servers would slow the measured one), for several rounds in a rotating order;
+Servers take turns, one at a time (so that no idle server takes CPU from the measured one), for several rounds
+in a rotating order;
 req/s is the median over rounds, latencies are pooled. Starting each server takes a few seconds per round.
 
 Every server is a subprocess on 127.0.0.1 with the same model and the same request/response models; the
