@@ -52,11 +52,12 @@ class Settings(BaseSettings):
         description="most sequences the engine decodes together (continuous batching)",
     )
     # Like vLLM's max_num_batched_tokens for prefill: a burst of new requests is prefilled in chunks, each chunk's
-    # first tokens sent before the next chunk runs, and a decode step waits for at most this much prefill. Measured
-    # on 2 cores, 32 clients, 32-token prompts, through HTTP: TTFT p50 47 ms at 256, 27 ms at 128 (no limit: 80 ms
-    # in the raw engine alone), output tokens/s the same within the noise; the raw engine alone lost ~7% at 128.
+    # first tokens sent before the next chunk runs, and a decode step waits for at most this much prefill (64 tokens:
+    # ~3 ms on one CPU thread). Measured on 2 cores, 32 clients, 32-token prompts, through HTTP, A/B in one sitting:
+    # TTFT p50 47 ms at 256 -> 27 at 128 -> 19-21 at 64, output tokens/s the same within the noise each time (the raw
+    # engine alone loses ~7% from 128 to 64); TTFT p99, the very first burst of 32, grows from ~160 to ~200 ms.
     gpt_max_prefill_tokens: int = Field(
-        default=128,
+        default=64,
         ge=1,
         le=65_536,
         description="most (padded) prompt tokens prefilled in one engine step; a longer prompt still runs alone",
