@@ -109,6 +109,10 @@ class CompletionsSpec(LitSpec):
 
     def setup(self, server: Any) -> None:
         super().setup(server)
+        self.setup_tokenizer()
+
+    def setup_tokenizer(self) -> None:
+        """The tokenizer and the model's limits: all the spec needs of the model (tests call it alone)."""
         self._tok = load_tokenizer(self.settings.gpt_dir)
         config = GPT2Config.from_pretrained(self.settings.gpt_dir, local_files_only=True)
         self.context_length = int(config.n_positions)

@@ -1,11 +1,15 @@
 """The GPT channel (service/gpt_channel.py) in one process: routing, cancels, spreading over workers, back-pressure."""
 
 import asyncio
+import json
+import subprocess
+import sys
 
 import pytest
 
 from service import gpt_channel
 from service.gpt_channel import ChannelAddress, ChannelFull, ServerEnd, WorkerEnd
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -78,3 +82,63 @@ def test_a_worker_that_takes_nothing_fills_the_pipe_and_submit_says_so(monkeypat
         api.close()
     finally:
         address.remove()
+
+
+# Run apart: service.completions imports service.metrics, which refuses to load once prometheus_client is imported
+# (tests.helpers imports it in this process).
+FULL_CHANNEL = """
+import asyncio, json
+from service.completions import CompletionsSpec
+from service.gpt_channel import ChannelAddress, ChannelFull
+from service.schemas.completions import CompletionRequest
+from service.settings import Settings
+
+
+class StuckWorker:  # a ServerEnd whose worker took one request, then nothing: the pipe is full
+    def __init__(self):
+        self.submitted, self.cancelled, self.released = [], [], []
+
+    def submit(self, uid, arrival, payload):
+        if self.submitted:
+            raise ChannelFull("stuck")
+        self.submitted.append(uid)
+
+    def cancel(self, uid, arrival, payload):
+        self.cancelled.append(uid)
+
+    def release(self, uid):
+        self.released.append(uid)
+
+    async def receive(self):
+        return await asyncio.Event().wait()
+
+
+async def scenario():
+    spec = CompletionsSpec(Settings(), ChannelAddress("/nonexistent"))
+    spec.setup_tokenizer()
+    stuck = spec._channel = StuckWorker()
+    response = await spec.completions(CompletionRequest(prompt="KING.", n=2, max_tokens=4), request=None)
+    for task in (spec._fanout, spec._watch):
+        task.cancel()
+    print(json.dumps({
+        "status": response.status_code,
+        "retry_after": response.headers.get("retry-after"),
+        "code": json.loads(response.body)["error"]["code"],
+        "submitted": stuck.submitted, "cancelled": stuck.cancelled, "released": stuck.released,
+        "buffers": len(spec._buffers),
+    }))
+
+
+asyncio.run(scenario())
+"""
+
+
+def test_a_full_channel_is_a_503_and_nothing_of_the_request_stays_behind():
+    done = subprocess.run([sys.executable, "-c", FULL_CHANNEL], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["status"] == 503 and out["retry_after"] == "1" and out["code"] == "worker_unavailable"
+    # The first choice went out before the pipe was full: it is cancelled, and no buffer is left behind.
+    assert len(out["submitted"]) == 1
+    assert out["cancelled"] == out["submitted"] and out["released"] == out["submitted"]
+    assert out["buffers"] == 0
