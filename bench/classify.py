@@ -4,8 +4,8 @@
     python -m bench.classify --sweep    # also the LitServe variants tried while tuning the defaults
 
 Servers take turns, one at a time (so that no idle server takes CPU from the measured one), for several rounds
-in a rotating order;
-req/s is the median over rounds, latencies are pooled. Starting each server takes a few seconds per round.
+in a rotating order; req/s is the median over rounds, latencies are pooled. Starting each server takes a few
+seconds per round.
 
 Every server is a subprocess on 127.0.0.1 with the same model and the same request/response models; the
 load comes from a small raw-socket HTTP/1.1 keep-alive client (httpx would cost more CPU per request than
@@ -19,23 +19,19 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.process import HOST, Launched, free_port, launched
 
 # At module level: FastAPI resolves the handler's (string) annotations in this module's globals.
 from service.schemas import ClassifyRequest, ClassifyResponse
 
-REPO = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
 PLUS = [[-1, 1, -1], [1, 1, 1], [-1, 1, -1]]
 
 # LitServe variants as TINYSERVE_* settings. "stock": LitServe as it comes (no batching, access log on).
@@ -104,55 +100,16 @@ class Level:
         return 1000 * statistics.quantiles(self.latencies, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection((HOST, port), timeout=1) as sock:
-                sock.sendall(f"GET /health HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-                if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"server on port {port} not healthy after {timeout} s")
-
-
-@contextmanager
-def running(command: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[None]:
-    """A server subprocess, healthy inside the block and stopped with SIGTERM after it."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(port, process)
-        yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def litserve_server(variant: str, port: int, log: Path) -> AbstractContextManager[None]:
+def litserve_server(variant: str, port: int, log: Path) -> AbstractContextManager[Launched]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each server makes and removes its own
     env.update({f"TINYSERVE_{k.upper()}": v for k, v in VARIANTS[variant].items()})
     env.update({"TINYSERVE_PORT": str(port), "TINYSERVE_LOG_LEVEL": "warning"})
-    return running([sys.executable, "-m", "service"], env, port, log)
+    return launched([sys.executable, "-m", "service"], port, env, log)
 
 
-def bare_server(port: int, log: Path) -> AbstractContextManager[None]:
-    return running([sys.executable, "-m", "bench.classify", "--serve-bare", str(port)], dict(os.environ), port, log)
+def bare_server(port: int, log: Path) -> AbstractContextManager[Launched]:
+    return launched([sys.executable, "-m", "bench.classify", "--serve-bare", str(port)], port, dict(os.environ), log)
 
 
 def serve_bare(port: int) -> None:

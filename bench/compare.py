@@ -19,26 +19,21 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.__main__ import log_axis, markdown_table, plot_sweep
 from bench.loadgen import LoadConfig, jsonable, run_load
+from bench.process import free_port, launched
 from bench.prompts import build_prompts, local_tokenizer
-from bench.serve import Server, free_port, raw_engine
+from bench.serve import raw_engine, serving
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "model" / "weights" / "gpt"
-START_TIMEOUT_S = 240.0
 
 # Display names, in table order.
 TINYSERVE = "tinyserve"
@@ -48,40 +43,6 @@ HF = "transformers serve"
 HF_CB = "transformers serve --continuous-batching"
 TARGETS = [TINYSERVE, ENGINE, NAIVE, HF, HF_CB]
 KEYS = dict(zip(["tinyserve", "engine", "naive", "hf", "hf-cb"], TARGETS, strict=True))  # names for --skip
-
-
-@contextmanager
-def launched(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[str]:
-    """Run a server command until its /health answers 200; yield its URL; SIGTERM it (then SIGKILL) afterwards."""
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"exited with {proc.returncode} while starting: {_tail(log)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not healthy after {START_TIMEOUT_S:.0f} s: {_tail(log)}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _tail(log: Path, chars: int = 600) -> str:
-    text = log.read_text(errors="replace").strip() if log.exists() else ""
-    return " ".join(text[-chars:].split())
 
 
 def machine() -> dict[str, Any]:
@@ -211,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def tinyserve() -> dict[str, Any]:
         env = {**threads_env, **({"TINYSERVE_TORCH_THREADS": str(args.threads)} if args.threads else {})}
-        with Server(env) as server:
+        with serving(env) as server:
             out = measure_http(server.url, levels, prompt, args)
             if sweep:
                 print("  sweep:", flush=True)
@@ -244,8 +205,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def naive() -> dict[str, Any]:
         port = free_port()
         argv = [sys.executable, "-m", "bench.naive_app", "--port", str(port)]
-        with launched(argv, port, {**threads_env, "NAIVE_WEIGHTS": str(WEIGHTS)}, logs / "naive.log") as url:
-            return measure_http(url, levels, prompt, args)
+        env = {**os.environ, **threads_env, "NAIVE_WEIGHTS": str(WEIGHTS)}
+        with launched(argv, port, env, logs / "naive.log") as server:
+            return measure_http(server.url, levels, prompt, args)
 
     def hf(cb: bool) -> Callable[[], dict[str, Any]]:
         def go() -> dict[str, Any]:
@@ -255,8 +217,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             port = free_port()
             argv = [exe, "serve", str(WEIGHTS), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
             argv += ["--log-level", "warning"] + (["--continuous-batching"] if cb else [])
-            with launched(argv, port, threads_env, logs / f"hf{'-cb' if cb else ''}.log") as url:
-                return measure_http(url, levels, prompt, args)
+            with launched(argv, port, {**os.environ, **threads_env}, logs / f"hf{'-cb' if cb else ''}.log") as server:
+                return measure_http(server.url, levels, prompt, args)
 
         return go
 

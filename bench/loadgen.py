@@ -248,9 +248,6 @@ def stats(values: list[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "median": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
-_stats = stats  # the name bench.serve imports
-
-
 def jsonable(value: Any) -> Any:
     """`value` with every NaN (a statistic of no values) as None, so that the JSON is strict."""
     if isinstance(value, float) and math.isnan(value):

@@ -14,20 +14,19 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 
-from bench.loadgen import LoadConfig, _stats, run_load
+from bench.loadgen import LoadConfig, run_load, stats
+from bench.process import HOST, Launched, free_port, launched
 from model.engine import Engine, SamplingParams
 from model.gpt import decode, eot_id, load_gpt, load_tokenizer
 from service.settings import Settings
@@ -40,48 +39,15 @@ PROMPT_SOURCE = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """`python -m service` on loopback, healthy on entry, stopped by SIGTERM on exit."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "TINYSERVE_HOST": "127.0.0.1", "TINYSERVE_PORT": str(self.port)}
-
-    def __enter__(self) -> Server:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self.__exit__()
-        raise RuntimeError("server not healthy after 180 s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-@dataclass
-class _Running:
-    url: str
+@contextmanager
+def serving(env: dict[str, str]) -> Iterator[Launched]:
+    """`python -m service` on a free loopback port with these settings, healthy inside the block, stopped by
+    SIGTERM after it; its log in a temporary folder (quoted if it fails to start)."""
+    port = free_port()
+    env = {**os.environ, **env, "TINYSERVE_HOST": HOST, "TINYSERVE_PORT": str(port)}
+    with tempfile.TemporaryDirectory(prefix="tinyserve-bench-") as logs:
+        with launched([sys.executable, "-m", "service"], port, env, Path(logs) / "server.log") as server:
+            yield server
 
 
 def raw_engine(
@@ -109,7 +75,7 @@ def raw_engine(
                 if ev.finish_reason is not None:
                     active -= 1
     wall = time.perf_counter() - t0
-    return {"output_throughput": tokens / wall, "ttft_s": _stats(ttft), "output_tokens": tokens}
+    return {"output_throughput": tokens / wall, "ttft_s": stats(ttft), "output_tokens": tokens}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,11 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {k: {c: [] for c in levels} for k in SOURCES}
     env = {"TINYSERVE_GPT_MAX_BATCH_SIZE": str(batch)}
     env.update({f"TINYSERVE_{k.upper()}": v for k, v in overrides.items()})
-    with contextlib.nullcontext(_Running(args.url)) if args.url else Server(env) as server:
+    with contextlib.ExitStack() as stack:
+        url = args.url or stack.enter_context(serving(env)).url
         for r in range(args.repeat):
             for c in levels:
                 cfg = LoadConfig(
-                    url=server.url,
+                    url=url,
                     concurrency=c,
                     num_requests=sizes[c],
                     prompts=[prompt],

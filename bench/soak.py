@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import psutil
 
-from bench.serve import Server
+from bench.serve import serving
 
 
 def rss_by_process(pid: int) -> dict[str, int]:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-seconds", type=float, default=30.0, help="traffic before the start RSS is taken")
     args = p.parse_args(argv)
-    with Server({}) as server:
+    with serving({}) as server:
         # Caches and allocator pools grow to their working size first: growth after that is what a leak looks like.
         asyncio.run(soak(server.url, args.warmup_seconds / 60, args.clients, args.seed + 1))
         before = rss_by_process(server.proc.pid)

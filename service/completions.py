@@ -247,7 +247,10 @@ class CompletionsSpec(LitSpec):
             self._channel.cancel(uid, time.monotonic(), CANCEL)
 
     async def _messages(self, choice: Choice) -> AsyncIterator[dict[str, Any]]:
-        """Token messages of one choice from the worker; raises on a worker error."""
+        """Token messages of one choice from the worker; raises on a worker error.
+
+        LitServe's `data_streamer` does the same over the same buffer, but yields (data, status) for the caller to
+        check again: this runs once per token, so the buffer is read here directly."""
         item = self._buffers[choice.uid]
         queue, ready = item.response_queue, item.event
         assert queue is not None

@@ -62,7 +62,6 @@ class EngineLoop(LitLoop):
 
     def __init__(self) -> None:
         super().__init__()
-        self._api: GPTAPI | None = None
         self._threads: list[threading.Thread] = []
         self._wake: threading.Event  # made in the worker process: a lock cannot travel to a spawned process
         # Owned by the engine thread, except that the intake thread adds entries before the engine sees the uid.
@@ -79,7 +78,6 @@ class EngineLoop(LitLoop):
         self, lit_api: ls.LitAPI, lit_spec: LitSpec | None, request_queue: Queue, transport: MessageTransport
     ) -> None:
         assert isinstance(lit_api, GPTAPI)
-        self._api = lit_api
         self._wake = threading.Event()
         self._threads = [
             threading.Thread(target=self._intake, args=(lit_api,), name="gpt-intake", daemon=True),
