@@ -21,20 +21,16 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2LMHeadModel
-from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
+from model.gpt2_forward import Attend, CachedForward, cached_forward
 from model.sampling import MAX_LOGPROBS, SamplingParams, SamplingPlan
 
 __all__ = ["AdmissionError", "Engine", "SamplingParams", "TokenEvent"]
-
-_Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -61,36 +57,6 @@ class _Seq:
     last_token: int = 0
 
 
-class _Layer(NamedTuple):
-    """One GPT-2 block's parameters (Conv1D weights are [in, out]: x @ weight + bias)."""
-
-    ln_1_weight: torch.Tensor
-    ln_1_bias: torch.Tensor
-    attn_weight: torch.Tensor
-    attn_bias: torch.Tensor
-    proj_weight: torch.Tensor
-    proj_bias: torch.Tensor
-    ln_2_weight: torch.Tensor
-    ln_2_bias: torch.Tensor
-    fc_weight: torch.Tensor
-    fc_bias: torch.Tensor
-    out_weight: torch.Tensor
-    out_bias: torch.Tensor
-    act: Callable[[torch.Tensor], torch.Tensor]
-    eps: float
-    scale: float
-
-    @classmethod
-    def of(cls, block: GPT2Block) -> _Layer:
-        attn, mlp = block.attn, block.mlp
-        return cls(
-            block.ln_1.weight, block.ln_1.bias, attn.c_attn.weight, attn.c_attn.bias,
-            attn.c_proj.weight, attn.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
-            mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias,
-            mlp.act, block.ln_1.eps, float(attn.scaling),
-        )  # fmt: skip
-
-
 @dataclass
 class _Batch:
     """Device-side state of the active rows between membership changes."""
@@ -102,31 +68,24 @@ class _Batch:
 
 
 class Engine:
-    def __init__(self, model: GPT2LMHeadModel, max_batch_size: int = 32, max_prefill_tokens: int | None = None) -> None:
-        """`max_prefill_tokens`: padded prompt tokens one `prefill()` may run (at least one request always joins);
+    def __init__(self, model: torch.nn.Module, max_batch_size: int = 32, max_prefill_tokens: int | None = None) -> None:
+        """`model`: a Hugging Face causal LM with a cached forward in model/ (GPT-2 today).
+        `max_prefill_tokens`: padded prompt tokens one `prefill()` may run (at least one request always joins);
         None admits every waiting request that has a free slot."""
-        if not isinstance(model, GPT2LMHeadModel):
-            raise TypeError("the engine runs GPT2LMHeadModel only (it walks its modules directly)")
-        if model.config.add_cross_attention:
-            raise ValueError("GPT-2 with cross-attention is not supported")
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
-        self._model = model.eval()  # dropout off: the engine owns inference
-        param = next(model.parameters())
-        self._device, self._dtype = param.device, param.dtype
-        cfg = model.config
-        self._ctx: int = cfg.n_positions
-        self._vocab: int = model.lm_head.out_features
-        self._heads: int = cfg.n_head
-        self._head_dim: int = cfg.n_embd // cfg.n_head
-        self._layers = [_Layer.of(cast(GPT2Block, block)) for block in model.transformer.h]
+        self._net: CachedForward = cached_forward(model)
+        self._device, self._dtype = self._net.device, self._net.dtype
+        self._ctx = self._net.context
+        self._vocab = self._net.vocab
         self._max_batch = max_batch_size
         if max_prefill_tokens is not None and max_prefill_tokens < 1:
             raise ValueError("max_prefill_tokens must be at least 1")
         self._prefill_budget = max_prefill_tokens
         with torch.inference_mode():
             # [layer, key/value, slot, head, position, head_dim], for the full context: nothing grows.
-            shape = (cfg.n_layer, 2, max_batch_size, self._heads, self._ctx, self._head_dim)
+            net = self._net
+            shape = (net.n_layer, 2, max_batch_size, net.n_head, self._ctx, net.head_dim)
             self._kv = torch.zeros(shape, dtype=self._dtype, device=self._device)
             self._arange = torch.arange(max(self._ctx, max_batch_size), device=self._device)
         self._rng = torch.Generator(device=self._device)
@@ -257,30 +216,10 @@ class Engine:
             raise AdmissionError("seed must fit in 64 bits")
 
     def _forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, attend: _Attend, last: torch.Tensor | None = None
+        self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend, last: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits [b, vocab] at each row's position `last` (default: the final one).
-
-        `attend(layer, q, k, v)` stores the keys and values where they belong and returns the attention.
-        GPT-2's blocks run on their parameters directly: calling the modules instead measured 1.49 vs 1.00 ms
-        a decode step at batch 1 and 8.4 vs 7.7 ms at batch 64 (idle, 2 threads), with the same tokens.
-        """
-        tr = self._model.transformer
-        b, s = ids.shape
-        width = self._heads * self._head_dim
-        x = (tr.wte(ids) + tr.wpe(positions)).view(b * s, width)
-        for i, w in enumerate(self._layers):
-            h = F.layer_norm(x, (width,), w.ln_1_weight, w.ln_1_bias, w.eps)
-            qkv = torch.addmm(w.attn_bias, h, w.attn_weight).view(b, s, 3, self._heads, self._head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [b, heads, s, head_dim]
-            y = attend(i, q, k, v).transpose(1, 2).reshape(b * s, width)
-            x = torch.addmm(w.proj_bias, y, w.proj_weight).add_(x)
-            h = F.layer_norm(x, (width,), w.ln_2_weight, w.ln_2_bias, w.eps)
-            h = w.act(torch.addmm(w.fc_bias, h, w.fc_weight))
-            x = torch.addmm(w.out_bias, h, w.out_weight).add_(x)
-        x = x.view(b, s, width)
-        x = x[:, -1] if last is None else x[self._arange[:b], last]
-        return self._model.lm_head(tr.ln_f(x))
+        """The model's logits at each row's last (or `last`) position; a method so benchmarks can time it."""
+        return self._net(ids, positions, attend, last)
 
     def _prefill(self, seqs: list[_Seq]) -> list[TokenEvent]:
         """All joining prompts in one right-padded forward; each writes its keys and values into a new row."""
@@ -294,7 +233,7 @@ class Engine:
             # Padding past a prompt's end is written too; decoding overwrites it before any query can see it.
             self._kv[i, 0, r0 : r0 + n, :, :width] = k
             self._kv[i, 1, r0 : r0 + n, :, :width] = v
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self._layers[i].scale)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self._net.attention_scale(i))
 
         logits = self._forward(ids, self._arange[:width].unsqueeze(0), attend, last)
         for s, length in zip(seqs, lengths, strict=True):
@@ -321,7 +260,7 @@ class Engine:
                 keys[rows, :, batch.positions[:, 0]] = k[:, :, 0]
                 values[rows, :, batch.positions[:, 0]] = v[:, :, 0]
             return F.scaled_dot_product_attention(
-                q, keys[:b, :, :span], values[:b, :, :span], attn_mask=mask, scale=self._layers[i].scale
+                q, keys[:b, :, :span], values[:b, :, :span], attn_mask=mask, scale=self._net.attention_scale(i)
             )
 
         logits = self._forward(batch.tokens, batch.positions, attend)

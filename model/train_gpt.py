@@ -36,6 +36,7 @@ from model.gpt import (
     load_tokenizer,
     train_tokenizer,
 )
+from model.muon import Muon
 
 SAMPLE_PROMPTS = ["ROMEO.\n", "To be, or not to be", "KING HENRY.\nNow, lords,"]
 SAMPLE_SETTINGS = {"temperature": 0.8, "top_k": 40, "max_new_tokens": 60, "seed": 1234}
@@ -52,8 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-embd", type=int, default=192)
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--optimizer", choices=["muon", "adamw"], default="muon", help="for the blocks' matrices")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW's (embeddings, gains; everything with adamw)")
+    p.add_argument("--muon-lr", type=float, default=4e-3, help="Muon's, scaled to AdamW's update size")
+    p.add_argument("--schedule", choices=["wsd", "cosine"], default="wsd")
+    p.add_argument("--cooldown", type=float, default=0.3, help="wsd: the last fraction of the budget, decayed to 0")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine: the floor, a fraction of lr")
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
@@ -65,13 +70,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def lr_at(step: int, progress: float, args: argparse.Namespace) -> float:
-    """Linear warm-up over the first steps, then cosine decay over `progress` (0..1 of the budget) to a floor."""
+def lr_factor(step: int, progress: float, args: argparse.Namespace) -> float:
+    """The multiplier of every group's learning rate: linear warm-up over the first steps, then over `progress`
+    (0..1 of the budget) either warmup-stable-decay (flat, then linear to 0 over the last `cooldown`) or a cosine
+    decay to `min_lr_ratio`."""
     if step < args.warmup_steps:
-        return args.lr * (step + 1) / args.warmup_steps
+        return (step + 1) / args.warmup_steps
     progress = min(1.0, progress)
-    floor = args.lr * args.min_lr_ratio
-    return floor + 0.5 * (args.lr - floor) * (1.0 + math.cos(math.pi * progress))
+    if args.schedule == "wsd":
+        return min(1.0, (1.0 - progress) / args.cooldown)
+    floor = args.min_lr_ratio
+    return floor + 0.5 * (1.0 - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizers(model: GPT2LMHeadModel, args: argparse.Namespace) -> list[torch.optim.Optimizer]:
+    """Muon for the transformer blocks' matrices, AdamW for the rest (embeddings, norms' gains, biases), as the
+    fastest small-GPT recipes split them; or AdamW for everything."""
+    named = list(model.named_parameters())  # the tied lm_head appears once, as the token embedding
+    hidden = [p for n, p in named if p.dim() == 2 and ".h." in n]
+    other_matrices = [p for n, p in named if p.dim() == 2 and ".h." not in n]
+    vectors = [p for n, p in named if p.dim() < 2]
+    adamw_groups: list[dict[str, Any]] = [
+        {"params": other_matrices, "weight_decay": args.weight_decay, "base_lr": args.lr},
+        {"params": vectors, "weight_decay": 0.0, "base_lr": args.lr},
+    ]
+    optims: list[torch.optim.Optimizer] = []
+    if args.optimizer == "muon":
+        muon_groups = [{"params": hidden, "weight_decay": args.weight_decay, "base_lr": args.muon_lr}]
+        optims.append(Muon(muon_groups, lr=args.muon_lr))
+    else:
+        adamw_groups.insert(0, {"params": hidden, "weight_decay": args.weight_decay, "base_lr": args.lr})
+    optims.append(torch.optim.AdamW(adamw_groups, lr=args.lr, betas=(0.9, 0.95)))
+    return optims
 
 
 def encode_training_stream(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
@@ -135,6 +165,22 @@ def samples(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast) -> list[
     return out
 
 
+def optimiser_text(info: dict[str, Any]) -> str:
+    if info["optimizer"] == "muon":
+        return (
+            f"Muon (lr {info['muon_lr']}, scaled to AdamW's update size) for the blocks' matrices, AdamW (lr"
+            f" {info['lr']}) for the embeddings, gains and biases; weight decay {info['weight_decay']} on matrices"
+        )
+    return f"AdamW (lr {info['lr']}, weight decay {info['weight_decay']} on matrices)"
+
+
+def schedule_text(info: dict[str, Any]) -> str:
+    warm = f"{info['warmup_steps']} warm-up steps, then"
+    if info["schedule"] == "wsd":
+        return f"{warm} a flat rate and a linear decay to 0 over the last {info['cooldown']:.0%} of the time"
+    return f"{warm} a cosine decay to {info['min_lr_ratio']} x lr"
+
+
 def write_card(out: Path, info: dict[str, Any], sample_pairs: list[tuple[str, str]]) -> None:
     s = SAMPLE_SETTINGS
     lines = [
@@ -157,8 +203,8 @@ def write_card(out: Path, info: dict[str, Any], sample_pairs: list[tuple[str, st
         f" context {info['context']} tokens, {info['parameters']:,} parameters (tied embeddings), no dropout.",
         "",
         "## Training",
-        f"- AdamW (lr {info['lr']}, weight decay {info['weight_decay']}), {info['warmup_steps']} warm-up steps then"
-        f" cosine decay to {info['min_lr_ratio']} x lr, gradient clipping at {info['grad_clip']}, seed {info['seed']}.",
+        f"- {optimiser_text(info)}; {schedule_text(info)}; gradient clipping at {info['grad_clip']}, seed"
+        f" {info['seed']}.",
         f"- {info['steps']:,} steps of {info['batch_size']} x {info['context']} tokens:"
         f" {info['tokens_seen']:,} tokens seen ({info['epochs']:.1f} epochs) in {info['wall_minutes']:.1f} minutes"
         f" on {info['hardware']}.",
@@ -206,13 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     config = gpt_config(len(tokenizer), args.n_layer, args.n_head, args.n_embd, args.context)
     model = GPT2LMHeadModel(config)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-        betas=(0.9, 0.95),
-    )
+    optims = build_optimizers(model, args)
     gen = torch.Generator().manual_seed(args.seed)
     # `elapsed` counts training steps only; `wall` counts everything, evaluations included (the budget).
     step, elapsed, wall_before, max_steps = 0, 0.0, 0.0, args.max_steps
@@ -226,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(ck["model"])
-        optim.load_state_dict(ck["optim"])
+        for optim, state in zip(optims, ck["optim"], strict=True):
+            optim.load_state_dict(state)
         gen.set_state(ck["gen"])
         step, elapsed, max_steps, history = ck["step"], ck["elapsed"], ck["max_steps"], ck["history"]
         wall_before = ck["wall"]
@@ -236,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.save(
             {
                 "model": model.state_dict(),
-                "optim": optim.state_dict(),
+                "optim": [optim.state_dict() for optim in optims],
                 "gen": gen.get_state(),
                 "step": step,
                 "elapsed": elapsed,
@@ -260,21 +301,24 @@ def main(argv: list[str] | None = None) -> None:
     bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     while progress() < 1.0:
         t0 = time.perf_counter()
-        lr = lr_at(step, progress(), args)
-        for group in optim.param_groups:
-            group["lr"] = lr
+        factor = lr_factor(step, progress(), args)
+        for optim in optims:
+            for group in optim.param_groups:
+                group["lr"] = group["base_lr"] * factor
         x, y = get_batch(train_stream, args.context, args.batch_size, gen)
         logits = model(input_ids=x).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-        optim.zero_grad(set_to_none=True)
+        for optim in optims:
+            optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        optim.step()
+        for optim in optims:
+            optim.step()
         dt = time.perf_counter() - t0
         elapsed += dt
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_step / dt:,.0f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{factor:.2f}x", tok_s=f"{tokens_per_step / dt:,.0f}")
         if step % 10 == 0:
             history["train_tokens"].append(step * tokens_per_step)
             history["train_loss"].append(loss.item())
@@ -307,7 +351,11 @@ def main(argv: list[str] | None = None) -> None:
         "n_embd": args.n_embd,
         "context": args.context,
         "parameters": count_parameters(model),
+        "optimizer": args.optimizer,
         "lr": args.lr,
+        "muon_lr": args.muon_lr,
+        "schedule": args.schedule,
+        "cooldown": args.cooldown,
         "min_lr_ratio": args.min_lr_ratio,
         "weight_decay": args.weight_decay,
         "warmup_steps": args.warmup_steps,
