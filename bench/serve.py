@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[{r + 1}/{args.repeat}] server c={c}: {tps:.0f} tok/s", flush=True)
 
     # Two ceilings: the engine as the server runs it (its torch threads), and the engine given the whole machine.
-    model = load_gpt()
+    # On the server's device: `auto` is CUDA where there is one, as LitServe picks.
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_gpt(device=auto if settings.accelerator == "auto" else settings.accelerator)
     for key, threads in (("engine", settings.torch_threads), ("engine_all", args.threads)):
         torch.set_num_threads(threads)
         engine = Engine(model, max_batch_size=batch, max_prefill_tokens=settings.gpt_max_prefill_tokens)
