@@ -133,7 +133,7 @@ def _text(data: bytes | str | None) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else data or ""
 
 
-def test_rows(junit: Path) -> list[str]:
+def junit_rows(junit: Path) -> list[str]:
     """One Markdown row per test of pytest's JUnit XML: its name, outcome, seconds and why (skips, failures)."""
     if not junit.exists():
         return ["| (no test report: pytest did not finish) | | | |"]
@@ -142,7 +142,8 @@ def test_rows(junit: Path) -> list[str]:
         outcome, why = "passed", ""
         for tag in ("failure", "error", "skipped"):
             if (node := case.find(tag)) is not None:
-                outcome, why = tag, (node.get("message") or "").splitlines()[0][:160] if node.get("message") else ""
+                message = node.get("message") or ""
+                outcome, why = tag, message.splitlines()[0][:160] if message else ""
         rows.append(f"| `{case.get('name')}` | {outcome} | {float(case.get('time') or 0):.1f} | {why} |")
     return rows
 
@@ -179,7 +180,7 @@ def report(device: str, quick: bool, env_info: dict[str, object], install: str, 
     for s in done:
         result = "passed" if s.passed else ("TIMED OUT" if s.rc is None else f"FAILED (exit {s.rc})")
         lines.append(f"| {s.title} | {result} | {s.seconds:.0f} |")
-    lines += ["", "## Tests", "", "| test | outcome | seconds | why |", "|---|---|---:|---|", *test_rows(junit)]
+    lines += ["", "## Tests", "", "| test | outcome | seconds | why |", "|---|---|---:|---|", *junit_rows(junit)]
     for s in done:
         if s.name != "tests":
             lines += ["", f"## {s.title}", "", *bench_text(s)]

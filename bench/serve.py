@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy; server: {settings.torch_threads}"
         f" torch thread(s) in its GPT worker, {settings.api_servers} HTTP servers, prefill budget"
-        f" {settings.gpt_max_prefill_tokens} tokens; {os.cpu_count()} CPUs shared with this client; torch"
+        f" {settings.gpt_max_prefill_tokens} tokens; the raw engine on {model.device} ({model.dtype});"
+        f" {os.cpu_count()} CPUs shared with this client; torch"
         f" {torch.__version__}; medians of {args.repeat} runs (a ratio: the median of the runs' ratios)"
     )
     print()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 import warnings
@@ -25,6 +26,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
+from bench.prompts import PASSAGE
 from model.engine import Engine, SamplingParams, TokenEvent
 from model.gpt import GPT_DIR, encode, gpt_config, load_gpt, load_tokenizer
 from tests.conftest import ServerProcess, start_server
@@ -157,8 +159,8 @@ def test_continuous_batching_join_leave_cancel_in_bf16(bf16, prompt_ids):
     engine.add_request("cancelled", prompt_ids[4], greedy())
     for step in range(200):
         if step == 3:
-            engine.add_request("2", prompt_ids[2], greedy())  # waits: the batch is full
-            engine.cancel("cancelled")  # frees its slot for "2" at the next step
+            engine.add_request("2", prompt_ids[2], greedy())  # the batch is full: "2" waits for a slot
+            engine.cancel("cancelled")  # the next step drops it, and "2" takes its slot in the same step
         if step == 4:
             engine.add_request("3", prompt_ids[3], greedy())
         if not engine.has_work():
@@ -200,8 +202,6 @@ def test_a_decode_step_syncs_the_device_once(bf16, prompt_ids):
 
 def test_training_steps_in_bf16_autocast_lower_the_loss():
     """A few AdamW steps of the shipped shape, in bf16 autocast as on a GPU, on a fixed passage: the loss falls."""
-    from bench.prompts import PASSAGE
-
     torch.manual_seed(0)
     tok = load_tokenizer()
     stream = torch.tensor(encode(tok, PASSAGE), device=DEVICE)
@@ -222,7 +222,7 @@ def test_training_steps_in_bf16_autocast_lower_the_loss():
         optim.step()
         losses.append(loss.item())
         assert logits.dtype == torch.bfloat16
-    assert all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert all(math.isfinite(loss) for loss in losses)
     assert sum(losses[-3:]) / 3 < losses[0] - 1.0, losses
 
 
