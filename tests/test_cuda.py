@@ -64,7 +64,9 @@ def fp32() -> GPT2LMHeadModel:
 
 @pytest.fixture(scope="module")
 def bf16() -> GPT2LMHeadModel:
-    return load_gpt(GPT_DIR, DEVICE).to(torch.bfloat16)  # what the server runs on CUDA
+    model = load_gpt(GPT_DIR, DEVICE)
+    model.to(torch.bfloat16)  # type: ignore[arg-type]  # transformers types `to` oddly; bf16 is what CUDA serves
+    return model
 
 
 def greedy(n: int = NEW_TOKENS, **kw: object) -> SamplingParams:
@@ -205,7 +207,8 @@ def test_training_steps_in_bf16_autocast_lower_the_loss():
     torch.manual_seed(0)
     tok = load_tokenizer()
     stream = torch.tensor(encode(tok, PASSAGE), device=DEVICE)
-    model = GPT2LMHeadModel(gpt_config(vocab_size=len(tok), n_positions=128)).to(DEVICE).train()
+    model = GPT2LMHeadModel(gpt_config(vocab_size=len(tok), n_positions=128)).train()
+    model.to(DEVICE)  # type: ignore[arg-type]  # transformers types `to` oddly
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     gen = torch.Generator().manual_seed(0)
     ctx, losses = 64, []
