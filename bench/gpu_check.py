@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -119,18 +120,25 @@ def steps(device: str, sizes: Sizes, env: dict[str, str], args: argparse.Namespa
 
 
 def run(step: Step) -> Step:
+    """Run the step in a process group of its own, so that a timeout also ends the servers it started."""
     t0 = time.monotonic()
+    proc = subprocess.Popen(
+        step.argv, cwd=REPO, env=step.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
-        done = subprocess.run(step.argv, cwd=REPO, env=step.env, capture_output=True, text=True, timeout=step.timeout_s)
-        step.rc, step.stdout, step.stderr = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as exc:
-        step.stdout, step.stderr = _text(exc.stdout), _text(exc.stderr) + f"\n[timed out after {step.timeout_s:.0f} s]"
+        out, err = proc.communicate(timeout=step.timeout_s)
+        step.rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\n[timed out after {step.timeout_s:.0f} s]".encode()
+    step.stdout, step.stderr = _text(out), _text(err)
     step.seconds = time.monotonic() - t0
     return step
 
 
-def _text(data: bytes | str | None) -> str:
-    return data.decode(errors="replace") if isinstance(data, bytes) else data or ""
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace")
 
 
 def junit_rows(junit: Path) -> list[str]:
