@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve soak bench bench-compare wheels docker-smoke clean distclean
+.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve soak bench bench-compare wheels docker-smoke gpu-wheels gpu-check clean distclean
 
 .venv: $(STAMP)
 
@@ -79,6 +79,24 @@ $(WHEELS_STAMP): pyproject.toml | $(STAMP)
 wheels: $(STAMP) $(WHEELS_STAMP)
 	rm -rf build wheels/app
 	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir wheels/app .
+
+# The wheels a GPU host's image lacks (litserve, fastapi, pyzmq, ...), for its Python 3.12, at this venv's versions,
+# into gpu-wheels/ (git-ignored; it travels with the working tree to a host that reaches no index). Collected again
+# only when the requirements or the image's package list change.
+GPU_WHEELS_STAMP := gpu-wheels/carried.txt
+$(GPU_WHEELS_STAMP): pyproject.toml deploy/gpu-image-packages.txt bench/gpu_wheels.py | $(STAMP)
+	rm -rf gpu-wheels
+	$(BIN)/python -m bench.gpu_wheels --dest gpu-wheels
+
+gpu-wheels: $(GPU_WHEELS_STAMP)
+
+# The GPU check, one command on a GPU host (its own python, no venv: the check installs gpu-wheels/ into a temporary
+# folder): the `cuda` tests, bench.engine and bench.serve on CUDA, a Markdown report to $$OUT or stdout. Without CUDA
+# it runs the same steps on the CPU at the smallest sizes. GPU_CHECK_ARGS, e.g. --quick; see --help.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 # Build the image and check a running container end to end (installs docker.io and starts dockerd if needed).
 docker-smoke: $(STAMP)

@@ -24,7 +24,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from model.engine import Engine, SamplingParams
-from model.gpt import GPT_DIR, count_parameters, gpt_config, load_gpt
+from model.gpt import GPT_DIR, count_parameters, gpt_config, load_gpt, pick_dtype
 
 PROMPT_TOKENS = 32
 NEW_TOKENS = 64
@@ -57,14 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=150.0, help="seconds after which no new repeat starts")
     p.add_argument("--quick", action="store_true", help="batches 1 and 64, three repeats")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 there, as the server runs it)")
     return p.parse_args(argv)
 
 
-def load_model(folder: Path) -> tuple[GPT2LMHeadModel, str]:
+def load_model(folder: Path, device: str = "cpu") -> tuple[GPT2LMHeadModel, str]:
     if (folder / "config.json").exists():
-        return load_gpt(folder), f"trained model from `{folder}`"
+        return load_gpt(folder, device), f"trained model from `{folder}`"
     torch.manual_seed(0)
     model = GPT2LMHeadModel(gpt_config(vocab_size=4096)).eval()
+    model.to(torch.device(device), pick_dtype(torch.device(device)))  # type: ignore[arg-type]  # as in load_gpt
     return (
         model,
         f"**RANDOM weights** (no model at `{folder}`), shipped shape: 4 layers, 4 heads, width 192, ctx 256",
@@ -138,7 +140,7 @@ def others_cpu_s() -> float:
 
 def report(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
-    model, label = load_model(args.model_dir)
+    model, label = load_model(args.model_dir, args.device)
     device = next(model.parameters()).device
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batches = [1, 64] if args.quick else [int(b) for b in args.batches.split(",")]

@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[{r + 1}/{args.repeat}] server c={c}: {tps:.0f} tok/s", flush=True)
 
     # Two ceilings: the engine as the server runs it (its torch threads), and the engine given the whole machine.
-    model = load_gpt()
+    # On the server's device: `auto` is CUDA where there is one, as LitServe picks.
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_gpt(device=auto if settings.accelerator == "auto" else settings.accelerator)
     for key, threads in (("engine", settings.torch_threads), ("engine_all", args.threads)):
         torch.set_num_threads(threads)
         engine = Engine(model, max_batch_size=batch, max_prefill_tokens=settings.gpt_max_prefill_tokens)
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"prompt {len(prompt_ids)} tokens, {args.max_tokens} new tokens, greedy; server: {settings.torch_threads}"
         f" torch thread(s) in its GPT worker, {settings.api_servers} HTTP servers, prefill budget"
-        f" {settings.gpt_max_prefill_tokens} tokens; {os.cpu_count()} CPUs shared with this client; torch"
+        f" {settings.gpt_max_prefill_tokens} tokens; the raw engine on {model.device} ({model.dtype});"
+        f" {os.cpu_count()} CPUs shared with this client; torch"
         f" {torch.__version__}; medians of {args.repeat} runs (a ratio: the median of the runs' ratios)"
     )
     print()
