@@ -3,9 +3,13 @@
 // hold what the views share.
 
 import { setUpKeyForm } from "./api.js";
+import * as attention from "./attention.js";
 import * as complete from "./complete.js";
+import * as embeddings from "./embeddings.js";
+import * as network from "./network.js";
 import * as pixels from "./pixels.js";
 import * as tokenizer from "./tokenizer.js";
 
 setUpKeyForm();
-for (const view of [complete, tokenizer, pixels]) view.start();
+// The network view listens for the pad's answers, so it starts before the pad sends its first.
+for (const view of [complete, tokenizer, network, pixels, attention, embeddings]) view.start();

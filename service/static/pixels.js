@@ -1,4 +1,5 @@
-// The pixel pad: a 3x3 display the user draws on, classified at each click.
+// The pixel pad: a 3x3 display the user draws on, classified at each click; each answer is announced to the page
+// as a "pixels:classified" event (the network view draws it).
 
 import { onKeyChange, postJSON } from "./api.js";
 import { $, bar, percent } from "./ui.js";
@@ -87,8 +88,10 @@ async function classify() {
   const grid = [pixels.slice(0, 3), pixels.slice(3, 6), pixels.slice(6, 9)];
   const result = $("pixel-symbol");
   try {
-    const data = await postJSON("/v1/classify", { pixels: grid });
+    // explain: every layer's activations too, for the network view (network.js listens for them).
+    const data = await postJSON("/v1/classify", { pixels: grid, explain: true });
     if (seq !== classifySeq) return; // the pad changed while this was in flight
+    document.dispatchEvent(new CustomEvent("pixels:classified", { detail: data }));
     for (const [name, p] of Object.entries(data.probabilities)) {
       const row = symbolRow(name);
       row.querySelector(".fill").style.width = `${p * 100}%`;

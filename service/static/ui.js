@@ -62,3 +62,38 @@ export function srOnly(text) {
   span.textContent = text;
   return span;
 }
+
+// The SVG namespace, read off an <svg> the HTML parser made: the static files name no URL at all (a test checks).
+const SVG_NS = (() => {
+  const template = document.createElement("template");
+  template.innerHTML = "<svg></svg>";
+  return template.content.firstChild.namespaceURI;
+})();
+
+// An SVG element with its attributes set.
+export function svg(tag, attributes = {}) {
+  const element = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, String(value));
+  return element;
+}
+
+export function fixed(x, digits = 2) {
+  return Number(x).toFixed(digits).replace(/^-(0\.0+)$/, "$1"); // no "-0.00"
+}
+
+// Roving tabindex over `items` (one Tab stop for the group): the arrow keys move, `moves` maps a key to the next
+// index (or undefined to leave the key alone).
+export function rovingFocus(container, selector, moves) {
+  container.addEventListener("keydown", (event) => {
+    const items = [...container.querySelectorAll(selector)];
+    const index = items.indexOf(event.target);
+    if (index < 0) return;
+    const next = moves(event.key, index, items);
+    if (next === undefined) return;
+    event.preventDefault();
+    const target = items[Math.max(0, Math.min(items.length - 1, next))];
+    for (const item of items) item.setAttribute("tabindex", "-1");
+    target.setAttribute("tabindex", "0");
+    target.focus();
+  });
+}
