@@ -104,6 +104,24 @@ class PixelConfig:
         return cls(**known)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    size: int
+    activation: str
+    bounds: tuple[float, float] | None
+
+
+# (name, activation, its range): the inputs are pixels in [-1, 1]; the outputs are sums that softmax turns into
+# probabilities, so they have no range of their own.
+LAYERS: tuple[tuple[str, str, tuple[float, float] | None], ...] = (
+    ("input", "identity", (BLACK, WHITE)),
+    ("hidden1", "tanh", (-1.0, 1.0)),
+    ("hidden2", "sigmoid", (0.0, 1.0)),
+    ("output", "softmax", None),
+)
+
+
 class PixelClassifier(nn.Module):
     """9 pixels -> tanh hidden layer -> sigmoid hidden layer -> softmax over the symbols."""
 
@@ -121,9 +139,21 @@ class PixelClassifier(nn.Module):
         return self.out(h2)
 
     def hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both hidden activations, for tests of the squashing ranges."""
+        """Both hidden layers' activations, after their squashing."""
         h1 = torch.tanh(self.hidden1(x))
         return h1, torch.sigmoid(self.hidden2(h1))
+
+    @torch.inference_mode()
+    def activations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every layer's values for pixels [B, 9], in LAYERS' order: inputs, both squashed hidden layers, the
+        output sums (logits; the probabilities are their softmax)."""
+        h1, h2 = self.hidden(x)
+        return {"input": x, "hidden1": h1, "hidden2": h2, "output": self.out(h2)}
+
+    def layers(self) -> list[LayerInfo]:
+        """The layers as a drawing needs them: name, size, what squashes them and into which range."""
+        sizes = (N_PIXELS, self.config.hidden1, self.config.hidden2, len(self.config.symbols))
+        return [LayerInfo(name, size, act, bounds) for (name, act, bounds), size in zip(LAYERS, sizes, strict=True)]
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import litserve as ls
 import torch
@@ -13,6 +14,17 @@ from model.pixels import PixelClassifier, load_pixels
 from service import metrics
 from service.batching import batched_loop
 from service.schemas import ClassifyRequest, ClassifyResponse
+from service.schemas.classify import Activations
+
+
+class PixelInput(NamedTuple):
+    pixels: list[float]
+    explain: bool
+
+
+class PixelOutput(NamedTuple):
+    probabilities: list[float]
+    activations: Activations | None
 
 
 class ClassifyAPI(ls.LitAPI):
@@ -36,30 +48,42 @@ class ClassifyAPI(ls.LitAPI):
 
     # The annotation makes FastAPI validate the body against ClassifyRequest (422 on a bad one) before it is
     # queued: one bad item would otherwise fail the whole batch it lands in.
-    def decode_request(self, request: ClassifyRequest) -> list[float]:
-        return request.flat()
+    def decode_request(self, request: ClassifyRequest) -> PixelInput:
+        return PixelInput(request.flat(), request.explain)
 
-    def batch(self, inputs: list[list[float]]) -> torch.Tensor:
-        return torch.tensor(inputs, dtype=torch.float32, device=self.device)
+    def batch(self, inputs: list[PixelInput]) -> list[PixelInput]:
+        return inputs
 
-    def predict(self, x: torch.Tensor | list[float]) -> torch.Tensor:
-        if isinstance(x, torch.Tensor):
-            return self._classify(x)
-        # With max_batch_size=1 LitServe skips batch()/unbatch() and passes one decoded request.
-        return self._classify(self.batch([x]))[0]
+    def predict(self, x: list[PixelInput] | PixelInput) -> list[PixelOutput] | PixelOutput:
+        if isinstance(x, PixelInput):
+            # With max_batch_size=1 LitServe skips batch()/unbatch() and passes one decoded request.
+            return self._classify([x])[0]
+        return self._classify(x)
 
-    def _classify(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _classify(self, inputs: list[PixelInput]) -> list[PixelOutput]:
         start = time.perf_counter()
-        probs = self.model.predict(pixels).cpu()  # one op on the device, one copy back
+        pixels = torch.tensor([i.pixels for i in inputs], dtype=torch.float32, device=self.device)
+        if any(i.explain for i in inputs):
+            layers = {name: values.cpu() for name, values in self.model.activations(pixels).items()}
+            probs = torch.softmax(layers["output"], dim=-1)
+        else:
+            layers, probs = {}, self.model.predict(pixels).cpu()  # one op on the device, one copy back
         metrics.CLASSIFY_PREDICT_SECONDS.observe(time.perf_counter() - start)
-        metrics.CLASSIFY_BATCH_SIZE.observe(len(pixels))
-        return probs
+        metrics.CLASSIFY_BATCH_SIZE.observe(len(inputs))
+        return [
+            PixelOutput(p, Activations(**{k: v[row].tolist() for k, v in layers.items()}) if i.explain else None)
+            for row, (i, p) in enumerate(zip(inputs, probs.tolist(), strict=True))
+        ]
 
-    def unbatch(self, output: torch.Tensor) -> list[list[float]]:
-        return output.tolist()  # type: ignore[no-any-return]
+    def unbatch(self, output: list[PixelOutput]) -> list[PixelOutput]:
+        return output
 
-    def encode_response(self, output: list[float] | torch.Tensor) -> ClassifyResponse:
-        probs = output.tolist() if isinstance(output, torch.Tensor) else output
+    def encode_response(self, output: PixelOutput) -> ClassifyResponse:
+        probs = output.probabilities
         best = max(range(len(probs)), key=probs.__getitem__)
         metrics.CLASSIFY_PREDICTIONS.labels(self.symbols[best]).inc()
-        return ClassifyResponse(symbol=self.symbols[best], probabilities=dict(zip(self.symbols, probs, strict=True)))
+        return ClassifyResponse(
+            symbol=self.symbols[best],
+            probabilities=dict(zip(self.symbols, probs, strict=True)),
+            activations=output.activations,
+        )

@@ -1,7 +1,9 @@
 """OpenAI-compatible `/v1/embeddings` for the GPT: the mean of the last hidden state over the tokens, L2-normalised.
 
 A plain LitServe batched API: requests arriving together run as one padded forward pass. Texts longer than the
-context keep their first `context` tokens (the usage counts what was embedded).
+context keep their first `context` tokens (the usage counts what was embedded). The same worker answers the jobs of
+/v1/attention and /v1/embeddings/map (service/inside.py puts them on this queue): it holds a copy of the GPT that is
+not the decoding engine, and a second copy in a process of its own would cost a worker's memory for no gain.
 """
 
 # No `from __future__ import annotations`: LitServe reads decode_request's annotation unevaluated.
@@ -13,6 +15,7 @@ import torch
 
 from model.gpt import encode, eot_id, load_gpt, load_tokenizer
 from service.batching import batched_loop
+from service.inside_worker import AttentionJob, GPTInside, InsideJob, InsideResponse, MapJob
 from service.schemas.completions import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from service.settings import Settings
 
@@ -34,11 +37,15 @@ class EmbeddingsAPI(ls.LitAPI):
         self.eot = eot_id(self.tok)
         self.context = int(self.model.config.n_positions)
         self.device = torch.device(device)
+        self.inside = GPTInside(self.model, self.tok, self.settings.gpt_model_id)
 
-    def decode_request(self, request: EmbeddingRequest) -> list[str]:
-        return request.texts
+    # LitServe's own /v1/embeddings route validates its body against this annotation; the jobs of the inside
+    # routes arrive on the same queue already checked.
+    def decode_request(self, request: EmbeddingRequest) -> list[str] | InsideJob:
+        item: EmbeddingRequest | InsideJob = request
+        return item.texts if isinstance(item, EmbeddingRequest) else item
 
-    def batch(self, inputs: list[list[str]]) -> list[list[str]]:
+    def batch(self, inputs: list[list[str] | InsideJob]) -> list[list[str] | InsideJob]:
         return inputs
 
     @torch.inference_mode()
@@ -57,10 +64,23 @@ class EmbeddingsAPI(ls.LitAPI):
         pooled = (hidden * m).sum(1) / m.sum(1)
         return torch.nn.functional.normalize(pooled, dim=-1).cpu(), lengths
 
-    def predict(self, batch: list[list[str]]) -> list[tuple[list[list[float]], int]]:
-        if batch and isinstance(batch[0], str):
+    def predict(self, batch: list[list[str] | InsideJob] | list[str] | InsideJob) -> list[Any] | Any:
+        if isinstance(batch, AttentionJob | MapJob) or (batch and isinstance(batch[0], str)):
             # With max_batch_size=1 LitServe skips batch()/unbatch() and passes one decoded request.
-            return self.predict([batch])[0]  # type: ignore[list-item, return-value]
+            return self.predict([batch])[0]  # type: ignore[list-item]
+        items: list[list[str] | InsideJob] = batch  # type: ignore[assignment]
+        out: list[Any] = [None] * len(items)
+        jobs = [(i, x) for i, x in enumerate(items) if isinstance(x, AttentionJob | MapJob)]
+        texts = [(i, x) for i, x in enumerate(items) if isinstance(x, list)]
+        if jobs:
+            for (i, _), answer in zip(jobs, self.inside.run([job for _, job in jobs]), strict=True):
+                out[i] = answer
+        if texts:
+            for (i, _), vectors in zip(texts, self._embed_requests([t for _, t in texts]), strict=True):
+                out[i] = vectors
+        return out
+
+    def _embed_requests(self, batch: list[list[str]]) -> list[tuple[list[list[float]], int]]:
         flat = [t for texts in batch for t in texts]
         vectors, lengths = self.embed(flat)
         out, i = [], 0
@@ -73,7 +93,11 @@ class EmbeddingsAPI(ls.LitAPI):
     def unbatch(self, output: list[Any]) -> list[Any]:
         return output
 
-    def encode_response(self, output: tuple[list[list[float]], int]) -> EmbeddingResponse:
+    def encode_response(self, output: tuple[list[list[float]], int] | InsideResponse) -> EmbeddingResponse:
+        if not isinstance(output, tuple):
+            # An inside job's answer is already its response; LitServe passes it back to service/inside.py, whose
+            # routes declare their own response models (this annotation is only /v1/embeddings' one).
+            return output  # type: ignore[return-value]
         vectors, tokens = output
         return EmbeddingResponse(
             data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],

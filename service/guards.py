@@ -25,7 +25,7 @@ ALWAYS_OPEN = ("/metrics", "/metrics/")
 
 
 # Paths whose requests in flight are bounded (by settings), counted across all API-server processes.
-LIMITED_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/classify")
+LIMITED_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/classify", "/v1/attention", "/v1/embeddings/map")
 
 
 class Drain:
@@ -80,6 +80,9 @@ class Guard:
             "/v1/completions": settings.gpt_max_batch_size + settings.gpt_max_waiting,
             "/v1/embeddings": settings.embeddings_max_inflight,
             "/v1/classify": settings.classify_max_inflight,
+            # Answered by the embeddings worker (service/inside.py): each bounded as embeddings are.
+            "/v1/attention": settings.embeddings_max_inflight,
+            "/v1/embeddings/map": settings.embeddings_max_inflight,
         }
 
     def _label(self, path: str) -> str:

@@ -76,6 +76,15 @@ BATCHED_QUEUE_TIME = Histogram(
     registry=None,
 )
 
+# Filled by the embeddings worker, which also answers /v1/attention and /v1/embeddings/map (service/inside_worker.py).
+INSIDE_SECONDS = Histogram(
+    "tinyserve_inside_seconds",
+    "Seconds for one batched pass of the GPT's attention or embedding-map requests, by kind.",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=None,
+)
+
 # Latency buckets from 1 ms (a tiny model's decode step) to a minute (a long stream under load).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

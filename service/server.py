@@ -24,6 +24,7 @@ from service.errors import install_error_handlers
 from service.gpt_channel import ChannelAddress
 from service.gpt_worker import GPTAPI
 from service.guards import Drain, Guard
+from service.inside import add_inside_routes
 from service.playground import add_playground
 from service.settings import Settings
 
@@ -77,6 +78,8 @@ def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer
     for path in ("/metrics", "/metrics/"):
         server.app.add_api_route(path, metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
     add_playground(server.app, settings.pixels_dir)  # GET / becomes the playground page
+    # Attention, the embedding plane and the pixel network: served by the embeddings worker, not the decoding engine.
+    add_inside_routes(server, settings, next(api for api in apis if isinstance(api, EmbeddingsAPI)))
     install_error_handlers(server.app)
     # LitServe's /health answers plain text; keep it out of the OpenAPI document, which would promise JSON.
     for route in server.app.routes:

@@ -39,6 +39,10 @@ CHROMIUM_ARGS = [
 ]
 PROMPT = "JULIET.\nO Romeo, Romeo"
 STATIC_TYPES = {"app.js": "javascript", "style.css": "text/css", "index.html": "text/html"}
+# The views' modules: served as JavaScript, which a browser requires of a module script.
+MODULES = ["api.js", "ui.js", "complete.js", "tokenizer.js", "pixels.js", "network.js", "attention.js", "embeddings.js"]
+# The README's pictures of the views, refreshed with TINYSERVE_UPDATE_SCREENSHOT=1.
+VIEW_SHOTS = {"#network": "network.png", "#attention": "attention.png", "#embeddings": "embeddings.png"}
 
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: `apt-get install chromium` (as .ci/run does)"
@@ -60,7 +64,7 @@ def test_playground_replaces_the_index_route_and_serves_its_files():
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "litserve running" not in page.text and "/static/app.js" in page.text
-    for name, kind in STATIC_TYPES.items():
+    for name, kind in {**STATIC_TYPES, **dict.fromkeys(MODULES, "javascript")}.items():
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"], (name, r.headers)
     assert client.get("/static/missing.js").status_code == 404
@@ -257,3 +261,107 @@ def test_playground_on_a_phone(browser, base_url, artifacts):
     page.screenshot(path=str(artifacts / "playground-phone.png"), full_page=True)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     assert not problems, problems
+
+
+def hidden_values(page: Page) -> list[str]:
+    return page.eval_on_selector_all(
+        "#net-svg .neuron[data-layer='hidden1'], #net-svg .neuron[data-layer='hidden2']",
+        "els => els.map(e => e.dataset.value)",
+    )
+
+
+def shown_weights(page: Page) -> list[float | None]:
+    return page.eval_on_selector_all(
+        "#att-tokens .att-chip", "els => els.map(e => e.dataset.weight === undefined ? null : Number(e.dataset.weight))"
+    )
+
+
+@needs_chromium
+def test_inside_views_in_chromium(browser, base_url, artifacts):
+    page, problems = open_page(browser, base_url, viewport={"width": 1280, "height": 900})
+
+    # Network: drawn from the live description, every weight a line; the shading follows the pad.
+    network = httpx.get(f"{base_url}/v1/classify/network", timeout=10).json()
+    sizes = [layer["size"] for layer in network["layers"]]
+    page.wait_for_selector("#net-svg .neuron[data-value]")
+    assert page.locator("#net-svg .neuron").count() == sum(sizes)
+    assert page.locator("#net-svg .weights line").count() == sum(a * b for a, b in zip(sizes, sizes[1:], strict=False))
+    assert page.locator("#net-svg .weights line.neg").count() > 0 and page.locator("#net-svg .weights line.pos").count()
+    before = hidden_values(page)
+    plus = [[-1, 1, -1], [1, 1, 1], [-1, 1, -1]]
+    explained = httpx.post(f"{base_url}/v1/classify", json={"pixels": plus, "explain": True}, timeout=10).json()
+    acts = explained["activations"]
+    draw(page, plus)
+    # The shading of the last answer, that of the finished drawing (earlier clicks' answers may come first).
+    page.wait_for_function(
+        "expected => [...document.querySelectorAll('#net-svg .neuron[data-layer=hidden1]')]"
+        ".every((e, i) => Math.abs(Number(e.dataset.value) - expected[i]) < 1e-3)",
+        arg=acts["hidden1"],
+    )
+    after = hidden_values(page)
+    assert after != before  # a click on a pixel changed the neurons' shading
+    assert [float(v) for v in after] == pytest.approx(acts["hidden1"] + acts["hidden2"], abs=1e-3)
+    fills = page.eval_on_selector_all(
+        "#net-svg .neuron[data-layer='hidden2']", "els => els.map(e => getComputedStyle(e).fill)"
+    )
+    assert len(set(fills)) > 1  # shaded by value, not one colour
+    page.focus("#net-svg .neuron[data-layer='hidden2'][data-index='3']")
+    assert f"{acts['hidden2'][3]:.3f}" in page.inner_text("#net-caption")  # the number, not just the shade
+    page.locator("#network").screenshot(path=str(artifacts / "network.png"))
+
+    # Attention: the tokens of the live answer; focusing a token shades the earlier ones by its attention.
+    page.click("#attention .preset >> nth=1")
+    prompt = page.get_attribute("#attention .preset >> nth=1", "data-prompt")
+    answer = httpx.post(f"{base_url}/v1/attention", json={"prompt": prompt}, timeout=10).json()
+    n = len(answer["tokens"])
+    page.wait_for_function(f"document.querySelectorAll('#att-tokens .att-chip').length === {n}")
+    page.wait_for_selector("#att-tokens .att-chip.query")  # the preset shows its ambiguous word at once
+    page.focus("#att-tokens .att-chip >> nth=1")
+    page.keyboard.press("End")
+    page.wait_for_selector(f"#att-tokens .att-chip.query[data-index='{n - 1}']")
+    last = shown_weights(page)
+    cells = [head[n - 1] for heads in answer["attentions"] for head in heads]
+    average = [sum(c[k] for c in cells) / len(cells) for k in range(n)]
+    assert last == pytest.approx(average, abs=2e-4) and sum(filter(None, last)) == pytest.approx(1, abs=1e-3)
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_selector(f"#att-tokens .att-chip.query[data-index='{n - 2}']")
+    assert shown_weights(page)[-1] is None and shown_weights(page) != last  # the shading changed with the focus
+    page.select_option("#att-layer", "0")
+    page.select_option("#att-head", "0")
+    assert shown_weights(page)[: n - 1] == pytest.approx(answer["attentions"][0][0][n - 2], abs=1e-4)
+    assert "looks most at" in page.inner_text("#att-caption")
+    page.locator("#attention").screenshot(path=str(artifacts / "attention.png"))
+
+    # Embeddings: the plane from the live answer; a word's neighbours on hover; the analogy; the path of a word.
+    page.wait_for_selector("#emb-svg[data-state='ready']")
+    words = [w.strip() for w in page.input_value("#emb-words").split(",")]
+    assert page.locator("#emb-svg .pt.word").count() == len(words)
+    # Focus, and a mouse over (dispatched: a label drawn later may lie over a point, and the mouse would meet it).
+    page.focus("#emb-svg .pt.word >> nth=0")
+    page.wait_for_selector(f"#emb-detail[data-word='{words[0]}']")
+    page.dispatch_event("#emb-svg .pt.word >> nth=1", "mouseover")
+    page.wait_for_selector(f"#emb-detail[data-word='{words[1]}']")
+    page.dispatch_event("#emb-svg .pt.word >> nth=0", "mouseover")
+    page.wait_for_selector(f"#emb-detail[data-word='{words[0]}']")
+    assert page.locator("#emb-svg .pt.near").count() == 6
+    a, b, c = (page.input_value(f"#an-{x}") for x in "abc")
+    body = {"words": words, "context": page.input_value("#emb-context"), "neighbours": 6, "analogy": [a, b, c]}
+    plane = httpx.post(f"{base_url}/v1/embeddings/map", json=body, timeout=10).json()
+    assert plane["words"][0]["neighbours"][0]["word"].strip() in page.inner_text("#emb-detail")
+    assert page.inner_text("#an-out").startswith(plane["analogy"]["nearest"][0]["word"].strip())
+    occurrences = plane["context"]["occurrences"]
+    assert occurrences and page.locator("#emb-svg .path").count() == len(occurrences)
+    assert page.locator("#emb-paths li").count() == len(occurrences)
+    page.fill("#an-a", "night")
+    page.press("#an-c", "Enter")  # the analogy box asks again
+    page.wait_for_selector(f"#emb-svg .pt.analogy[aria-label^='night - {b} + {c}']")
+    page.fill("#an-a", a)
+    page.press("#an-c", "Enter")
+    page.wait_for_selector(f"#emb-svg .pt.analogy[aria-label^='{a} - {b} + {c}']")
+    page.focus("#emb-svg .pt.word >> nth=0")
+    page.locator("#embeddings").screenshot(path=str(artifacts / "embeddings.png"))
+
+    assert not problems, problems
+    if UPDATE_DOCS:
+        for name in VIEW_SHOTS.values():
+            shutil.copy(artifacts / name, REPO / "docs" / name)

@@ -33,6 +33,9 @@ class ClassifyRequest(BaseModel):
     )
 
     pixels: Pixels = Field(description="3 rows of 3 pixels, or a flat list of 9, each in [-1, 1]")
+    explain: bool = Field(
+        default=False, strict=True, description="Also return every layer's activations (GET /v1/classify/network)."
+    )
 
     def flat(self) -> list[float]:
         """The nine pixel values, row by row."""
@@ -45,8 +48,21 @@ class ClassifyRequest(BaseModel):
         return values
 
 
+class Activations(BaseModel):
+    """Every layer of the network for one input, in the order of GET /v1/classify/network's layers."""
+
+    input: list[float] = Field(description="the 9 pixels")
+    hidden1: list[float] = Field(description="the first hidden layer after tanh, in (-1, 1)")
+    hidden2: list[float] = Field(description="the second hidden layer after the sigmoid, in (0, 1)")
+    output: list[float] = Field(description="the output sums (logits); `probabilities` is their softmax")
+
+
 class ClassifyResponse(BaseModel):
     """The most probable symbol and the probability of each symbol (they sum to 1)."""
 
     symbol: str = Field(description="name of the most probable symbol")
     probabilities: dict[str, float] = Field(description="probability of each symbol, by name")
+    # Left out of the answer unless asked for, so that a plain request's body stays as it was.
+    activations: Activations | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="every layer's values, with `explain: true`"
+    )
