@@ -14,10 +14,15 @@ import litserve as ls
 import torch
 
 from model.gpt import encode, eot_id, load_gpt, load_tokenizer
+from service import metrics
 from service.batching import batched_loop
 from service.inside_worker import AttentionJob, GPTInside, InsideJob, InsideResponse, MapJob
 from service.schemas.completions import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from service.settings import Settings
+
+
+def _observe_inside(kind: str, seconds: float) -> None:
+    metrics.INSIDE_SECONDS.labels(kind).observe(seconds)
 
 
 class EmbeddingsAPI(ls.LitAPI):
@@ -37,7 +42,7 @@ class EmbeddingsAPI(ls.LitAPI):
         self.eot = eot_id(self.tok)
         self.context = int(self.model.config.n_positions)
         self.device = torch.device(device)
-        self.inside = GPTInside(self.model, self.tok, self.settings.gpt_model_id)
+        self.inside = GPTInside(self.model, self.tok, self.settings.gpt_model_id, observe=_observe_inside)
 
     # LitServe's own /v1/embeddings route validates its body against this annotation; the jobs of the inside
     # routes arrive on the same queue already checked.

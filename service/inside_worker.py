@@ -8,6 +8,7 @@ of a kind that arrive together run as one right-padded forward pass.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,6 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 from model.attention import look_inside, right_pad
 from model.embedding_map import Neighbour, Plane, find
 from model.gpt import decode, eot_id
-from service import metrics
 from service.schemas.inside import (
     Analogy,
     AttentionResponse,
@@ -56,8 +56,17 @@ def rounded(x: torch.Tensor) -> list[float]:
     return x.double().round(decimals=4).tolist()  # type: ignore[no-any-return]
 
 
+Observer = Callable[[str, float], None]  # (kind, seconds) of each batched pass
+
+
 class GPTInside:
-    def __init__(self, model: GPT2LMHeadModel, tok: PreTrainedTokenizerBase, model_id: str) -> None:
+    """`observe` gets the seconds of each batched pass, by kind (the worker counts them in /metrics; passed in, so
+    that this module imports no metrics and runs in any process)."""
+
+    def __init__(
+        self, model: GPT2LMHeadModel, tok: PreTrainedTokenizerBase, model_id: str, observe: Observer | None = None
+    ) -> None:
+        self.observe = observe or (lambda kind, seconds: None)
         self.model = model
         self.model_id = model_id
         self.device = next(model.parameters()).device
@@ -102,7 +111,7 @@ class GPTInside:
                     attentions=[[[rounded(m[q, : q + 1]) for q in range(n)] for m in head] for head in maps],
                 )
             )
-        metrics.INSIDE_SECONDS.labels("attention").observe(time.perf_counter() - start)
+        self.observe("attention", time.perf_counter() - start)
         return out
 
     def _near(self, neighbours: list[Neighbour]) -> list[Near]:
@@ -133,7 +142,7 @@ class GPTInside:
                     analogy=self._analogy(job),
                 )
             )
-        metrics.INSIDE_SECONDS.labels("embedding_map").observe(time.perf_counter() - start)
+        self.observe("embedding_map", time.perf_counter() - start)
         return out
 
     def _words(self, job: MapJob) -> list[WordPoint]:

@@ -76,7 +76,7 @@ BATCHED_QUEUE_TIME = Histogram(
     registry=None,
 )
 
-# Filled by the embeddings worker, which also answers /v1/attention and /v1/embeddings/map (service/inside_worker.py).
+# Filled by the embeddings worker, which also answers /v1/attention and /v1/embeddings/map (service/embeddings.py).
 INSIDE_SECONDS = Histogram(
     "tinyserve_inside_seconds",
     "Seconds for one batched pass of the GPT's attention or embedding-map requests, by kind.",

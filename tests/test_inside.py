@@ -4,6 +4,10 @@ routes' checks in-process (the worker run directly behind a fake of LitServe's r
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +22,6 @@ from model.embedding_map import Plane, find
 from model.gpt import GPT_DIR, encode, gpt_config, load_gpt, load_tokenizer
 from model.pixels import load_pixels
 from model.two_meanings import measure
-from service.classify import ClassifyAPI, PixelInput
 from service.errors import install_error_handlers
 from service.inside import InsideRoutes, pixel_network, register_inside_routes
 from service.inside_worker import AttentionJob, GPTInside, MapJob
@@ -26,6 +29,7 @@ from service.schemas.inside import MAX_INSIDE_TOKENS, EmbeddingMapRequest, Pixel
 from service.settings import Settings
 from tests.helpers import metric_value
 
+REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["To be, or not to be, that is the question", "ROMEO.\nBut soft, what light", "O"]
 
 
@@ -190,10 +194,49 @@ def plain_forward(network: PixelNetwork, pixels: list[float]) -> list[list[float
     return [v.tolist() for v in values]
 
 
-def test_classify_explain_equals_a_plain_forward():
+# Run apart: service.classify and service.embeddings import service.metrics, which refuses to load once
+# prometheus_client is imported (tests.helpers imports it in this process), as in tests/test_channel.py.
+WORKER_CHECKS = """
+import json, sys
+from model.gpt import encode
+from service.inside_worker import AttentionJob
+from service.settings import Settings
+
+pixels = json.loads(sys.argv[1])
+classify = ClassifyAPI(Settings().pixels_dir)
+classify.setup("cpu")
+outputs = classify.predict([PixelInput(p, True) for p in pixels] + [PixelInput(pixels[0], False)])
+embeddings = EmbeddingsAPI(Settings())
+embeddings.setup("cpu")
+texts = embeddings.decode_request(EmbeddingRequest(input=["to be", "or not to be"]))
+job = AttentionJob(encode(embeddings.tok, "O Romeo"), [0], [0])
+embedded, answer = embeddings.unbatch(embeddings.predict(embeddings.batch([texts, job])))
+vectors = embeddings.encode_response(embedded)
+print(json.dumps({
+    "explained": [[o.probabilities, o.activations.model_dump()] for o in outputs[:-1]],
+    "plain": [outputs[-1].probabilities, outputs[-1].activations],
+    "plain_body": classify.encode_response(outputs[-1]).model_dump(),
+    "answer_passes_through": embeddings.encode_response(answer) is answer,
+    "attention": answer.attentions,
+    "is_embedding_response": isinstance(vectors, EmbeddingResponse),
+    "mixed": embedded,
+    "alone": embeddings.predict(embeddings.batch([texts]))[0],
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def worker_checks() -> dict[str, Any]:
+    pixels = [[-1, 1, -1, 1, 1, 1, -1, 1, -1], [0.5, -0.2, 0, 1, -1, 0.3, 0.9, -0.7, 0.1]]
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_CHECKS, json.dumps(pixels)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"pixels": pixels, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def test_classify_explain_equals_a_plain_forward(worker_checks):
     settings = Settings()
-    api = ClassifyAPI(settings.pixels_dir)
-    api.setup("cpu")
     network = pixel_network(settings.pixels_dir, "tinyserve-pixels")
     assert [(layer.name, layer.size) for layer in network.layers] == [
         ("input", 9),
@@ -202,24 +245,28 @@ def test_classify_explain_equals_a_plain_forward():
         ("output", 4),
     ]
     assert all(abs(v) <= 1 for matrix in network.weights for row in matrix for v in row)
-    pixels: list[list[float]] = [[-1, 1, -1, 1, 1, 1, -1, 1, -1], [0.5, -0.2, 0, 1, -1, 0.3, 0.9, -0.7, 0.1]]
-    outputs = api.predict([PixelInput(p, True) for p in pixels] + [PixelInput(pixels[0], False)])
-    assert isinstance(outputs, list)
-    *explained, plain = outputs
-    for p, out in zip(pixels, explained, strict=True):
-        assert out.activations is not None
+    pixels = worker_checks["pixels"]
+    for p, (probabilities, activations) in zip(pixels, worker_checks["explained"], strict=True):
         by_hand = plain_forward(network, p)
-        got = [out.activations.input, out.activations.hidden1, out.activations.hidden2, out.activations.output]
+        got = [activations["input"], activations["hidden1"], activations["hidden2"], activations["output"]]
         for mine, ref in zip(got, by_hand, strict=True):
             assert mine == pytest.approx(ref, abs=1e-5)
-        assert out.probabilities == pytest.approx(torch.softmax(torch.tensor(by_hand[-1]), 0).tolist(), abs=1e-6)
-        assert all(-1 < v < 1 for v in out.activations.hidden1) and all(0 < v < 1 for v in out.activations.hidden2)
-    assert plain.activations is None and plain.probabilities == pytest.approx(explained[0].probabilities, abs=1e-6)
-    body = api.encode_response(plain).model_dump()
-    assert "activations" not in body  # a plain answer is what it always was
-    model = load_pixels(settings.pixels_dir)
-    direct = model.predict(torch.tensor([pixels[0]], dtype=torch.float32))[0].tolist()
-    assert plain.probabilities == pytest.approx(direct, abs=1e-6)
+        assert probabilities == pytest.approx(torch.softmax(torch.tensor(by_hand[-1]), 0).tolist(), abs=1e-6)
+        assert all(-1 < v < 1 for v in activations["hidden1"]) and all(0 < v < 1 for v in activations["hidden2"])
+    # In the same batch, a request that did not ask gets no activations, and its body is what it always was.
+    plain, activations = worker_checks["plain"]
+    assert activations is None and "activations" not in worker_checks["plain_body"]
+    direct = load_pixels(settings.pixels_dir).predict(torch.tensor([pixels[0]], dtype=torch.float32))[0].tolist()
+    assert plain == pytest.approx(direct, abs=1e-6)
+
+
+def test_the_embeddings_worker_answers_texts_and_jobs_in_one_batch(worker_checks):
+    assert worker_checks["answer_passes_through"] and worker_checks["attention"][0][0][0] == [1.0]
+    assert worker_checks["is_embedding_response"]
+    (mixed, tokens), (alone, alone_tokens) = worker_checks["mixed"], worker_checks["alone"]
+    assert tokens == alone_tokens and len(mixed) == 2
+    for mine, ref in zip(mixed, alone, strict=True):  # the same vectors with or without the job beside them
+        assert mine == pytest.approx(ref, abs=1e-5)
 
 
 # ---- the routes, in-process -----------------------------------------------------------------------------------
