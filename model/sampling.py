@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_LOGPROBS = 20
+# Alternatives per token the server reports (OpenAI's bound for completions); the API schemas use this one too.
+MAX_LOGPROBS = 5
 # Below this a temperature counts as greedy: dividing the logits by it would overflow (vLLM's rule too).
 MIN_TEMPERATURE = 1e-5
 

@@ -15,12 +15,12 @@ from queue import Empty, Queue
 from typing import Any
 
 import litserve as ls
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType
 
 from service import metrics
+from service.litserve_adapter import SENTINEL, StopLoop
 
 # How long an idle worker blocks on the queue before looking again (shutdown comes as a sentinel item anyway).
 IDLE_WAIT_SECONDS = 1.0
@@ -46,8 +46,8 @@ class QuietBatchedLoop(BatchedLoop):
         queue_time = metrics.BATCHED_QUEUE_TIME.labels(lit_api.api_path)
         now = time.monotonic()  # the API server stamped each item with the same clock (one host)
         for item in items:
-            if item == _SENTINEL_VALUE:
-                raise _StopLoopError()
+            if item == SENTINEL:
+                raise StopLoop()
             response_queue_id, uid, timestamp, x_enc = item
             queue_time.observe(max(0.0, now - timestamp))
             # As LitServe's collate_requests: tell the API server which worker has the request.
