@@ -1,20 +1,31 @@
 """OpenAI-compatible `/v1/embeddings` for the GPT: the mean of the last hidden state over the tokens, L2-normalised.
 
-A plain LitServe batched API: requests arriving together run as one padded forward pass. Texts longer than the
-context keep their first `context` tokens (the usage counts what was embedded).
+A plain LitServe batched API: requests arriving together run as one padded forward pass. Inputs (texts or token
+ids) longer than the context keep their first `context` tokens (the usage counts what was embedded).
 """
 
 # No `from __future__ import annotations`: LitServe reads decode_request's annotation unevaluated.
 
-from typing import Any
+from typing import Any, Literal
 
 import litserve as ls
 import torch
+from fastapi import HTTPException
 
 from model.gpt import encode, eot_id, load_gpt, load_tokenizer
 from service.batching import batched_loop
-from service.schemas.completions import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from service.errors import openai_error
+from service.schemas.embeddings import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    encode_vector,
+)
+from service.schemas.inputs import out_of_vocabulary
 from service.settings import Settings
+
+Format = Literal["float", "base64"]
 
 
 class EmbeddingsAPI(ls.LitAPI):
@@ -33,17 +44,39 @@ class EmbeddingsAPI(ls.LitAPI):
         self.tok = load_tokenizer(self.settings.gpt_dir)
         self.eot = eot_id(self.tok)
         self.context = int(self.model.config.n_positions)
+        self.vocab = int(self.model.config.vocab_size)
+        self.width = int(self.model.config.n_embd)
         self.device = torch.device(device)
 
-    def decode_request(self, request: EmbeddingRequest) -> list[str]:
-        return request.texts
+    def check_request(self, request: EmbeddingRequest) -> None:
+        """400 for what the schema cannot know: ids outside the vocabulary, a `dimensions` not the model's.
 
-    def batch(self, inputs: list[list[str]]) -> list[list[str]]:
+        Also called by the batched loop before a request joins a batch, so that it fails alone."""
+        bad = out_of_vocabulary(request.input, self.vocab, "input")
+        if bad is not None:
+            raise HTTPException(
+                400, openai_error(f"{bad}: token id outside the vocabulary (size {self.vocab})", bad, "invalid_value")
+            )
+        if request.dimensions is not None and request.dimensions != self.width:
+            raise HTTPException(
+                400,
+                openai_error(
+                    f"dimensions: this model's embeddings have {self.width} dimensions and cannot be shortened",
+                    "dimensions",
+                    "invalid_value",
+                ),
+            )
+
+    def decode_request(self, request: EmbeddingRequest) -> tuple[list[str | list[int]], Format]:
+        self.check_request(request)
+        return request.inputs, request.encoding_format
+
+    def batch(self, inputs: list[Any]) -> list[Any]:
         return inputs
 
     @torch.inference_mode()
-    def embed(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
-        ids = [(encode(self.tok, t) or [self.eot])[: self.context] for t in texts]
+    def embed(self, inputs: list[str | list[int]]) -> tuple[torch.Tensor, list[int]]:
+        ids = [(encode(self.tok, t) if isinstance(t, str) else t)[: self.context] or [self.eot] for t in inputs]
         lengths = [len(i) for i in ids]
         width = max(lengths)
         input_ids = torch.full((len(ids), width), self.eot, dtype=torch.long)
@@ -57,26 +90,27 @@ class EmbeddingsAPI(ls.LitAPI):
         pooled = (hidden * m).sum(1) / m.sum(1)
         return torch.nn.functional.normalize(pooled, dim=-1).cpu(), lengths
 
-    def predict(self, batch: list[list[str]]) -> list[tuple[list[list[float]], int]]:
-        if batch and isinstance(batch[0], str):
+    def predict(self, batch: Any) -> Any:
+        """Requests' (inputs, format) in, (vectors, tokens, format) out, a list of each when batched."""
+        if isinstance(batch, tuple):
             # With max_batch_size=1 LitServe skips batch()/unbatch() and passes one decoded request.
-            return self.predict([batch])[0]  # type: ignore[list-item, return-value]
-        flat = [t for texts in batch for t in texts]
+            return self.predict([batch])[0]
+        flat = [item for inputs, _ in batch for item in inputs]
         vectors, lengths = self.embed(flat)
         out, i = [], 0
-        for texts in batch:
-            n = len(texts)
-            out.append((vectors[i : i + n].tolist(), sum(lengths[i : i + n])))
+        for inputs, fmt in batch:
+            n = len(inputs)
+            out.append((vectors[i : i + n].tolist(), sum(lengths[i : i + n]), fmt))
             i += n
         return out
 
     def unbatch(self, output: list[Any]) -> list[Any]:
         return output
 
-    def encode_response(self, output: tuple[list[list[float]], int]) -> EmbeddingResponse:
-        vectors, tokens = output
+    def encode_response(self, output: tuple[list[list[float]], int, Format]) -> EmbeddingResponse:
+        vectors, tokens, fmt = output
         return EmbeddingResponse(
-            data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
+            data=[Embedding(index=i, embedding=encode_vector(v, fmt)) for i, v in enumerate(vectors)],
             model=self.settings.gpt_model_id,
             usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
         )
