@@ -17,7 +17,8 @@ import torch
 if TYPE_CHECKING:  # model/logits.py imports SamplingParams from here
     from model.logits import Controls
 
-MAX_LOGPROBS = 20
+# Alternatives per token the server reports (OpenAI's bound for completions); the API schemas use this one too.
+MAX_LOGPROBS = 5
 MAX_LOGIT_BIAS = 300  # entries a request may bias (OpenAI's limit)
 # Below this a temperature counts as greedy: dividing the logits by it would overflow (vLLM's rule too).
 MIN_TEMPERATURE = 1e-5
@@ -31,7 +32,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None  # same seed -> same tokens whoever else shares the batch
     stop_token_ids: tuple[int, ...] = ()
-    logprobs: int | None = None  # None = off; N in 0..20: chosen token's logprob + top-N alternatives a step
+    logprobs: int | None = None  # None = off; N in 0..MAX_LOGPROBS: chosen token's logprob + top-N alternatives a step
     min_p: float = 0.0  # drop tokens below min_p x the top token's probability (after temperature)
     # model/logits.py applies these, before temperature; see there for their semantics.
     frequency_penalty: float = 0.0  # -2..2, times the token's count in the output
@@ -39,7 +40,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # (0, 2]: over prompt and output tokens, 1 = off
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in -100..100) pairs
     min_tokens: int = 0  # stop ids cannot end the sequence before this many tokens
-    # None = off; N in 0..20: each prompt token's logprob (but the first's) + top-N, from the prefill's forward.
+    # None = off; N in 0..MAX_LOGPROBS: each prompt token's logprob (but the first's) + top-N, from the prefill.
     # With it, max_tokens may be 0: the prompt is scored and nothing generated.
     prompt_logprobs: int | None = None
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import litserve as ls
 from fastapi import HTTPException
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException
 
 from service import metrics
+from service.litserve_adapter import SENTINEL, StopLoop
 
 # How long an idle worker blocks on the queue before looking again (shutdown comes as a sentinel item anyway).
 IDLE_WAIT_SECONDS = 1.0
@@ -50,8 +50,8 @@ class QuietBatchedLoop(BatchedLoop):
         now = time.monotonic()  # the API server stamped each item with the same clock (one host)
         check = getattr(lit_api, "check_request", None)
         for item in items:
-            if item == _SENTINEL_VALUE:
-                raise _StopLoopError()
+            if item == SENTINEL:
+                raise StopLoop()
             response_queue_id, uid, timestamp, x_enc = item
             queue_time.observe(max(0.0, now - timestamp))
             # As LitServe's collate_requests: tell the API server which worker has the request.

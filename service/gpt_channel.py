@@ -8,10 +8,11 @@ several milliseconds of latency per token (measured; see README, Performance). T
     API server  --PUSH--> requests-<worker>   (PULL, bound by GPT worker number <worker>)
     GPT worker  --PUSH--> responses-<queue>   (PULL, bound by the API server with LitServe response queue id <queue>)
 
-Messages are pickled Python objects (`send_pyobj`), each socket used by one thread only (ZeroMQ sockets are not
-thread-safe). Sends never block: a full pipe (the peer is gone or stuck) raises `ChannelFull` on the API side, so the
-client gets a 503, and drops the message with a log line on the worker side. The sockets live in one temporary
-folder per server start, made by the main process (`ChannelAddress.create`) and removed by `serve()` at exit.
+The messages are service/gpt_protocol.py's, pickled (`send_pyobj`); each socket is used by one thread only (ZeroMQ
+sockets are not thread-safe). Sends never block: a full pipe (the peer is gone or stuck) raises `ChannelFull` on the
+API side, so the client gets a 503, and drops the message with a log line on the worker side. The sockets live in
+one temporary folder per server start, made by the main process (`ChannelAddress.create`) and removed by
+`serve()` at exit.
 
 A request and its cancel item go to the same worker; with several GPT workers (one per GPU) an API server sends each
 new request to the worker with the fewest of its own requests open.
@@ -23,10 +24,12 @@ import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
+
+from service.gpt_protocol import Cancel, StepItem, Submit, WorkerRequest
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +81,13 @@ class WorkerEnd:
         self._inbox.bind(address.requests(worker))
         self._outboxes: dict[int, zmq.Socket[Any]] = {}
 
-    def receive(self, timeout_ms: int) -> Any | None:
-        """The next request or cancel item, or None after `timeout_ms` without one."""
+    def receive(self, timeout_ms: int) -> WorkerRequest | None:
+        """The next request or cancel, or None after `timeout_ms` without one."""
         if self._inbox.poll(timeout_ms) == 0:
             return None
-        return self._inbox.recv_pyobj()
+        return cast(WorkerRequest, self._inbox.recv_pyobj())
 
-    def send(self, queue_id: int, message: Any) -> None:
+    def send(self, queue_id: int, message: list[StepItem]) -> None:
         sock = self._outboxes.get(queue_id)
         if sock is None:  # the first answer to this API server: connect to the socket it bound
             sock = self._outboxes[queue_id] = _socket(self._ctx, zmq.PUSH)
@@ -115,17 +118,17 @@ class ServerEnd:
         self._worker_of: dict[str, int] = {}  # uid -> the worker that has it (its cancel must go there too)
         self._open = [0] * address.workers
 
-    def submit(self, uid: str, arrival: float, payload: Any) -> None:
+    def submit(self, message: Submit) -> None:
         worker = min(range(len(self._open)), key=self._open.__getitem__)
-        self._send(worker, (self.queue_id, uid, arrival, payload))
-        self._worker_of[uid] = worker
+        self._send(worker, message)
+        self._worker_of[message.uid] = worker
         self._open[worker] += 1
 
-    def cancel(self, uid: str, arrival: float, payload: Any) -> None:
+    def cancel(self, uid: str) -> None:
         worker = self._worker_of.get(uid)
         if worker is not None:
             try:
-                self._send(worker, (self.queue_id, uid, arrival, payload))
+                self._send(worker, Cancel(self.queue_id, uid))
             except ChannelFull:  # the worker is not listening: there is nothing to cancel on it either
                 pass
 
@@ -135,14 +138,14 @@ class ServerEnd:
         if worker is not None:
             self._open[worker] -= 1
 
-    def _send(self, worker: int, item: tuple[int, str, float, Any]) -> None:
+    def _send(self, worker: int, item: WorkerRequest) -> None:
         try:
             self._outboxes[worker].send_pyobj(item, flags=zmq.NOBLOCK)
         except zmq.Again as exc:
             raise ChannelFull(f"GPT worker {worker} is not taking requests") from exc
 
-    async def receive(self) -> Any:
-        return await self._inbox.recv_pyobj()
+    async def receive(self) -> list[StepItem]:
+        return cast(list[StepItem], await self._inbox.recv_pyobj())
 
     def close(self) -> None:
         self._ctx.destroy(linger=0)

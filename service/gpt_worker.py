@@ -1,13 +1,13 @@
 """The GPT's LitServe worker: the engine driven by two threads of its own, behind a LitServe loop.
 
-Path of a request: the API server (service/completions.py) tokenizes and validates, then sends
-`(response_queue_id, uid, arrival, payload)` over the GPT channel (service/gpt_channel.py). In this process:
+Path of a request: the API server (service/gpt_client.py) sends a `Submit` over the GPT channel
+(service/gpt_channel.py; the messages are service/gpt_protocol.py's). In this process:
 
-- the intake thread takes it off the channel and puts it in the engine's thread-safe inbox (a cancel item goes
+- the intake thread takes it off the channel and puts it in the engine's thread-safe inbox (a `Cancel` goes
   straight to `engine.cancel`), then wakes the engine thread;
 - the engine thread runs steps back to back while there is work: `engine.prefill()` (admit waiting requests within
   the prefill budget; their first tokens), then `engine.decode()` (one token for every running sequence), and after
-  each sends one message per API server: `[(uid, token message, status), ...]`; with no work it sleeps on an event.
+  each sends one message per API server: a list of `Token`s and `Failure`s; with no work it sleeps on an event.
 
 Why threads and not LitServe's `ContinuousBatchingLoop` (litserve 0.2.19), which this loop first subclassed: its
 intake takes each request off a manager queue in a thread and answers a START message through the manager on the
@@ -24,37 +24,26 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict
 from queue import Queue
-from typing import Any
+from typing import Any, cast
 
 import litserve as ls
 import torch
-from fastapi import HTTPException
 from litserve.callbacks import CallbackRunner
 from litserve.loops.base import LitLoop
 from litserve.specs.base import LitSpec
 from litserve.transport.base import MessageTransport
-from litserve.utils import LitAPIStatus
 
-from model.engine import AdmissionError, Engine, SamplingParams, TokenEvent
+from model.engine import AdmissionError, Engine, TokenEvent
 from model.gpt import load_gpt
 from service import metrics
 from service.gpt_channel import ChannelAddress, WorkerEnd
+from service.gpt_protocol import Cancel, Failure, FinishReason, StepItem, Token
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Payload of a control item that cancels the request with the same uid (see CompletionsSpec).
-CANCEL = {"cancel": True}
-
-# One item of a step message: (uid, data, status); data is a token message, or the exception for an ERROR.
-StepItem = tuple[str, Any, LitAPIStatus]
-
-
-def token_message(ev: TokenEvent) -> dict[str, Any]:
-    """What travels back to the API server for one token: small, picklable, no tensors."""
-    return {"token": ev.token_id, "logprob": ev.logprob, "top": ev.top_logprobs, "finish": ev.finish_reason}
+Outbox = dict[int, list[StepItem]]  # response queue id of an API server -> its part of this phase's events
 
 
 class EngineLoop(LitLoop):
@@ -113,19 +102,18 @@ class EngineLoop(LitLoop):
                 item = api.channel.receive(timeout_ms=1000)
                 if item is None:
                     continue
-                queue_id, uid, arrival, payload = item
-                if payload == CANCEL:
-                    api.engine.cancel(uid)
+                if isinstance(item, Cancel):
+                    api.engine.cancel(item.uid)
                     continue
-                self._routes[uid] = queue_id
-                self._arrivals[uid] = arrival
+                self._routes[item.uid] = item.queue_id
+                self._arrivals[item.uid] = item.arrival
                 try:
-                    api.engine.add_request(uid, payload["prompt_ids"], SamplingParams(**payload["params"]))
-                    metrics.GPT_PROMPT_TOKENS.inc(len(payload["prompt_ids"]))
-                except (AdmissionError, TypeError) as exc:
-                    # The API server checks the same bounds first, so this only guards against a mismatched model.
-                    logger.warning("request %s refused at admission: %s", uid, exc)
-                    self._refused.append((uid, str(exc)))
+                    api.engine.add_request(item.uid, item.prompt_ids, item.params)
+                    metrics.GPT_PROMPT_TOKENS.inc(len(item.prompt_ids))
+                except AdmissionError as exc:
+                    # The API server checks the context first, so this only guards against a mismatched model.
+                    logger.warning("request %s refused at admission: %s", item.uid, exc)
+                    self._refused.append((item.uid, str(exc)))
                 self._wake.set()
             except Exception:  # one unreadable item must not stop the intake
                 logger.exception("GPT intake failed on an item")
@@ -136,11 +124,11 @@ class EngineLoop(LitLoop):
         engine = api.engine
         while True:
             self._wake.clear()
-            outbox: dict[int, list[StepItem]] = {}
+            outbox: Outbox = {}
             while self._refused:
                 uid, why = self._refused.pop()
                 self._arrivals.pop(uid, None)
-                self._finish(outbox, uid, HTTPException(400, why), LitAPIStatus.ERROR)
+                self._send_failure(outbox, Failure(uid, 400, "invalid_request", why))
             if not engine.has_work():
                 self._flush(api, outbox)
                 self._wake.wait(timeout=1.0)  # set by the intake thread
@@ -158,29 +146,31 @@ class EngineLoop(LitLoop):
                 logger.exception("engine step failed; resetting the engine")
                 engine.reset()
                 metrics.GPT_FINISHED.labels("error").inc(len(self._routes))
+                why = f"the engine failed on this batch ({type(exc).__name__}); the request was dropped"
                 for uid in list(self._routes):
-                    self._finish(outbox, uid, exc, LitAPIStatus.ERROR)
+                    self._send_failure(outbox, Failure(uid, 500, "engine_error", why))
                 self._arrivals.clear()
                 self._last_token.clear()
                 self._flush(api, outbox)
 
-    def _route(self, outbox: dict[int, list[StepItem]], events: list[TokenEvent]) -> None:
+    def _route(self, outbox: Outbox, events: list[TokenEvent]) -> None:
         # One message per API server per phase, not one per token (a decode step at batch 32 is 32 tokens).
         for ev in events:
-            queue_id = self._routes.get(ev.request_id)
-            if queue_id is None:
-                continue
-            outbox.setdefault(queue_id, []).append((ev.request_id, token_message(ev), LitAPIStatus.OK))
-            if ev.finish_reason is not None:
-                self._finish(outbox, ev.request_id, "", LitAPIStatus.FINISH_STREAMING)
+            finished = ev.finish_reason is not None
+            queue_id = self._routes.pop(ev.request_id, None) if finished else self._routes.get(ev.request_id)
+            if queue_id is not None:
+                finish = cast(FinishReason | None, ev.finish_reason)  # the engine's reasons are the wire's
+                outbox.setdefault(queue_id, []).append(
+                    Token(ev.request_id, ev.token_id, ev.logprob, ev.top_logprobs, finish)
+                )
 
-    def _finish(self, outbox: dict[int, list[StepItem]], uid: str, data: Any, status: LitAPIStatus) -> None:
-        queue_id = self._routes.pop(uid, None)
+    def _send_failure(self, outbox: Outbox, failure: Failure) -> None:
+        queue_id = self._routes.pop(failure.uid, None)
         if queue_id is not None:
-            outbox.setdefault(queue_id, []).append((uid, data, status))
+            outbox.setdefault(queue_id, []).append(failure)
 
     @staticmethod
-    def _flush(api: GPTAPI, outbox: dict[int, list[StepItem]]) -> None:
+    def _flush(api: GPTAPI, outbox: Outbox) -> None:
         for queue_id, box in outbox.items():
             api.channel.send(queue_id, box)
 
@@ -246,8 +236,3 @@ class GPTAPI(ls.LitAPI):
 
     def encode_response(self, output: Any) -> Any:
         return output
-
-
-def sampling_payload(prompt_ids: list[int], params: SamplingParams) -> dict[str, Any]:
-    """The request payload: plain data, cheap to pickle across processes."""
-    return {"prompt_ids": prompt_ids, "params": asdict(params)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -18,19 +17,26 @@ from fastapi.middleware.cors import CORSMiddleware
 from model.gpt import pick_dtype
 from service import metrics
 from service.classify import ClassifyAPI
-from service.completions import CompletionsSpec
 from service.embeddings import EmbeddingsAPI
 from service.errors import install_error_handlers
 from service.gpt_channel import ChannelAddress
+from service.gpt_spec import GPTSpec
 from service.gpt_worker import GPTAPI
 from service.guards import Drain, Guard
+from service.litserve_adapter import (
+    devices_count,
+    gpt_workers,
+    inference_workers,
+    shutdown_event,
+    watch_workers_ourselves,
+)
 from service.playground import add_playground
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def build_apis(settings: Settings, channel: ChannelAddress) -> list[ls.LitAPI]:
+def build_apis(settings: Settings, channel: ChannelAddress, drain: Drain) -> list[ls.LitAPI]:
     """Every API the server hosts, each with its own path, queue, workers and batching."""
     return [
         ClassifyAPI(
@@ -38,7 +44,7 @@ def build_apis(settings: Settings, channel: ChannelAddress) -> list[ls.LitAPI]:
             max_batch_size=settings.classify_max_batch_size,
             batch_timeout=settings.classify_batch_timeout,
         ),
-        GPTAPI(settings, spec=CompletionsSpec(settings, channel), channel=channel),
+        GPTAPI(settings, spec=GPTSpec(settings, channel, drain), channel=channel),
         EmbeddingsAPI(settings),
     ]
 
@@ -55,11 +61,9 @@ def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer
     The GPT channel's socket folder is made here; `serve()` removes it (`server.gpt_channel.remove()`).
     """
     drain = drain or Drain()
-    channel = ChannelAddress.create()
-    apis = build_apis(settings, channel)
-    for api in apis:
-        if isinstance(api.spec, CompletionsSpec):
-            api.spec.drain = drain
+    # One GPT worker per device: the API servers spread new requests over them (see service/gpt_channel.py).
+    channel = ChannelAddress.create(workers=devices_count(settings.accelerator))
+    apis = build_apis(settings, channel, drain)
     server = ls.LitServer(
         apis,
         accelerator=settings.accelerator,
@@ -83,16 +87,9 @@ def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer
         if getattr(route, "path", None) == "/health":
             route.include_in_schema = False  # type: ignore[attr-defined]
     server.app.add_middleware(Guard, settings=settings, drain=drain)
-    # serve() watches the workers itself: LitServe's monitor would cut open streams without a word.
-    server._monitor_workers = False
-    # One GPT worker per device: the API servers spread new requests over them (see service/gpt_channel.py).
-    gpt_workers = len(server._inference_workers_config_for_api("/v1/completions"))
-    channel = dataclasses.replace(channel, workers=gpt_workers)
-    for api in apis:
-        if isinstance(api, GPTAPI):
-            api.address = channel
-            assert isinstance(api.spec, CompletionsSpec)
-            api.spec.address = channel
+    watch_workers_ourselves(server)  # serve() does (_watch_workers)
+    if gpt_workers(server, "/v1/completions") != channel.workers:
+        raise RuntimeError("LitServe starts a different number of GPT workers than the GPT channel was made for")
     server.gpt_channel = channel  # type: ignore[attr-defined]
     if settings.cors_origins:  # closed unless origins are configured
         server.app.add_middleware(
@@ -130,7 +127,7 @@ def _install_sigterm_handler(server: ls.LitServer, drain: Drain, grace: float) -
         # Once running, LitServe's main thread waits on this manager event and then shuts down in order
         # (HTTP servers drain, then workers stop). It is set from another thread because the main thread is
         # blocked inside a call on the same manager connection.
-        event = getattr(server, "_shutdown_event", None)
+        event = shutdown_event(server)
         if event is None:
             raise KeyboardInterrupt  # still starting up: abort; serve() stops whatever was started
 
@@ -163,15 +160,15 @@ def _stop_children(grace: float) -> None:
 def _watch_workers(server: ls.LitServer, drain: Drain) -> None:
     """If an inference worker dies (OOM killer, SIGKILL), fail open requests with a 503, then stop with exit 1.
 
-    Open streams get an error chunk from their API server (see CompletionsSpec), /health and new requests 503 at
+    Open streams get an error chunk from their API server (see service/gpt_client.py), /health and new requests 503 at
     once; after a moment for those answers to go out, the server stops so the orchestrator restarts it whole.
     """
     while True:
         time.sleep(0.25)
         if drain.active:
             return  # an orderly shutdown stops workers on purpose
-        workers = list(getattr(server, "inference_workers", []))
-        event = getattr(server, "_shutdown_event", None)
+        workers = inference_workers(server)
+        event = shutdown_event(server)
         dead = [w for w in workers if w.exitcode is not None]
         if not dead or event is None:
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from transformers import PreTrainedTokenizerBase
 
 from model.gpt import decode
@@ -28,6 +30,11 @@ class TextStream:
         self.text = ""  # all text handed out so far
         self.stopped = False
 
+    @property
+    def decoded_length(self) -> int:
+        """Characters decoded so far: where the next token's text starts."""
+        return len(self._decoded)
+
     def push(self, token_id: int) -> str:
         """Add a token; return the new text that is safe to send (possibly empty)."""
         if self.stopped:
@@ -38,14 +45,11 @@ class TextStream:
             return ""  # wait for the rest of the character
         self._pending.clear()
         self._decoded += piece
-        if not self._stops:
-            return self._hand_out(len(self._decoded))
-        start = max(0, len(self.text) - self._max_stop + 1)
-        hits = [i for i in (self._decoded.find(s, start) for s in self._stops) if i != -1]
-        if hits:
+        cut = self._stop_at()
+        if cut is not None:
             self.stopped = True
-            return self._hand_out(min(hits))
-        return self._hand_out(len(self._decoded) - self._stop_prefix_len(self._decoded))
+            return self._hand_out(cut)
+        return self._hand_out(len(self._decoded) - self._held_back())
 
     def finish(self) -> str:
         """The generation ended without a stop string: release everything held back."""
@@ -55,6 +59,18 @@ class TextStream:
             self._decoded += decode(self._tok, self._pending)
             self._pending.clear()
         return self._hand_out(len(self._decoded))
+
+    def _stop_at(self) -> int | None:
+        """Where the text ends, if a stop string has come: the first one found past what was handed out."""
+        if not self._stops:
+            return None
+        start = max(0, len(self.text) - self._max_stop + 1)
+        hits = [i for i in (self._decoded.find(s, start) for s in self._stops) if i != -1]
+        return min(hits) if hits else None
+
+    def _held_back(self) -> int:
+        """How many characters at the end of the decoded text to hold back: they may begin a stop string."""
+        return self._stop_prefix_len(self._decoded)
 
     def _stop_prefix_len(self, text: str) -> int:
         """Length of the longest tail of `text` that begins some stop string."""
@@ -71,3 +87,30 @@ class TextStream:
         delta = self._decoded[len(self.text) : upto]
         self.text += delta
         return delta
+
+
+class SpeechStream(TextStream):
+    """A speech of a play, as the chat template prompts for one: it ends at a blank line or at a new speaker's
+    heading (a line such as `OTHELLO.` or `FIRST CITIZEN.`), neither of which is handed out; stop strings as above.
+
+    The speech starts on a fresh line (the prompt ends with its speaker's heading), so the text is read as if a new
+    line came before it: a reply that opens with a heading or a blank line is an empty speech.
+    """
+
+    # A new line, then a blank line or a heading line: capitals, spaces, apostrophes and hyphens, a full stop.
+    _END = re.compile(r"\n(?:\n|[A-Z][A-Z' -]+\.\n)")
+    # What the last line may be while it can still become a heading (or the blank line's second new line).
+    _MAY_END = re.compile(r"\n(?:[A-Z][A-Z' -]*\.?)?")
+
+    def _stop_at(self) -> int | None:
+        own = super()._stop_at()
+        # Search from the last character handed out: a speech end starts at or after it.
+        found = self._END.search("\n" + self._decoded, len(self.text))
+        ends = [i for i in (own, None if found is None else max(0, found.start() - 1)) if i is not None]
+        return min(ends) if ends else None
+
+    def _held_back(self) -> int:
+        text = "\n" + self._decoded
+        line = text.rfind("\n")
+        tail = len(text) - line if self._MAY_END.fullmatch(text, line) else 0
+        return max(super()._held_back(), min(tail, len(self._decoded)))

@@ -1,7 +1,8 @@
 """Wire schemas of the GPT endpoints: OpenAI completions, embeddings, models, and tokenize/detokenize.
 
 Limits live here (`Field(ge=, le=)`), so a bad value is a 4xx naming the parameter before anything reaches a batch.
-Unknown parameters are ignored, as OpenAI-compatible servers do.
+Unknown parameters are ignored, as OpenAI-compatible servers do. The sampling fields every generation request shares
+are in service/schemas/sampling.py.
 """
 
 from __future__ import annotations
@@ -11,45 +12,24 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from model.sampling import MAX_LOGPROBS
+from service.schemas.sampling import Lenient, SamplingRequest
 
 # Hard caps that hold whatever the model: the model's context bounds prompt + max_tokens at admission.
 MAX_PROMPTS = 16
-MAX_N = 8
 MAX_PROMPT_CHARS = 32_768
-MAX_STOP = 4
-MAX_LOGPROBS = 5
+OPENAI_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for the legacy completions API
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class StreamOptions(_Lenient):
-    include_usage: bool = False
-
-
-class CompletionRequest(_Lenient):
-    model: str | None = Field(default=None, description="Model id from /v1/models; the GPT when omitted.")
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str] = Field(description="A prompt, or a list of prompts (one choice set per prompt).")
-    max_tokens: int = Field(default=16, ge=1, le=4096, description="New tokens per choice (bounded by the context).")
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 means greedy.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0, le=1000, description="0 means no top-k cut (extension, as in vLLM).")
-    stop: str | list[str] | None = Field(default=None, description="Stop strings, matched on text, not returned.")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    n: int = Field(default=1, ge=1, le=MAX_N)
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=4096, description="New tokens per choice (bounded by the context); default 16."
+    )
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    timeout: float | None = Field(
-        default=None,
-        gt=0.0,
-        le=86_400.0,
-        description="Seconds this request may take in all (extension); it can only lower the server's deadline.",
-    )
 
     @field_validator("prompt")
     @classmethod
@@ -63,25 +43,18 @@ class CompletionRequest(_Lenient):
             raise ValueError(f"a prompt is longer than {MAX_PROMPT_CHARS} characters")
         return v
 
-    @field_validator("stop")
-    @classmethod
-    def _check_stop(cls, v: str | list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        stops = [v] if isinstance(v, str) else v
-        if len(stops) > MAX_STOP:
-            raise ValueError(f"at most {MAX_STOP} stop strings")
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
-        return stops
-
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    @property
-    def stops(self) -> list[str]:
-        return list(self.stop or [])
+    def asked_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def openai_max_tokens(self, room: int) -> int:
+        return OPENAI_COMPLETION_MAX_TOKENS
+
+    def asked_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 class Logprobs(BaseModel):
@@ -167,7 +140,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class TokenizeRequest(_Lenient):
+class TokenizeRequest(Lenient):
     model: str | None = None
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
 
@@ -179,7 +152,7 @@ class TokenizeResponse(BaseModel):
     token_strs: list[str] = Field(description="Each token's text, leading spaces included.")
 
 
-class DetokenizeRequest(_Lenient):
+class DetokenizeRequest(Lenient):
     model: str | None = None
     tokens: list[int] = Field(max_length=65_536)
 
@@ -195,7 +168,7 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-class EmbeddingRequest(_Lenient):
+class EmbeddingRequest(Lenient):
     model: str | None = None
     input: str | list[str] = Field(description="A text or a list of texts (at most 64).")
     encoding_format: Literal["float"] = "float"

@@ -1,0 +1,205 @@
+"""The GPT as an API-server process sees it: `GPTClient.generate(prompt_ids, params, deadline)` -> token events.
+
+One client per API-server process, opened on first use there (after LitServe forks the process: ZeroMQ sockets
+must not cross a fork). Everything about a generation's life on this side lives here: its buffer, the fan-out
+task that spreads each step message from the worker over the buffers, the watch that fails open generations when
+a worker dies, and the deadline. A generation ends in one place, `Generation.__anext__`: its last token, or a
+`GenerationFailed` for a `Failure` from the worker, the deadline or a dead worker; closing it (finished or not)
+cancels what still runs on the worker and forgets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
+
+from model.sampling import SamplingParams
+from service.gpt_channel import ChannelAddress, ChannelFull, ServerEnd
+from service.gpt_protocol import Failure, StepItem, Submit, Token
+
+if TYPE_CHECKING:  # guards imports the metrics, which the protocol code does not need
+    from service.guards import Drain
+
+logger = logging.getLogger(__name__)
+
+# How often the watch looks at the shared worker-died flag: a dead worker's streams end within this.
+WATCH_SECONDS = 0.25
+
+
+class WorkerUnavailable(RuntimeError):
+    """The GPT worker is not taking requests (its channel is full): nothing was queued."""
+
+
+class GenerationFailed(Exception):
+    """A generation ended in an error; `failure` says how, in the terms of an HTTP answer."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request must be done (monotonic clock), and whether the limit was the client's own `timeout`."""
+
+    at: float
+    seconds: float
+    own: bool
+
+    @classmethod
+    def of(cls, server_seconds: float, request_timeout: float | None) -> Deadline:
+        own = request_timeout is not None and request_timeout <= server_seconds
+        seconds = request_timeout if own and request_timeout is not None else server_seconds
+        return cls(time.monotonic() + seconds, seconds, own)
+
+    def failure(self, uid: str) -> Failure:
+        # The client's own `timeout` running out is its request's doing (408); the server's deadline is a 504.
+        message = f"the request took longer than its deadline of {self.seconds:g} s"
+        return Failure(uid, 408 if self.own else 504, "deadline_exceeded", message, "timeout")
+
+
+@dataclass(eq=False)
+class Generation:
+    """One generation's token events: `async for token in generation`; `close()` (or `with`) when done with it."""
+
+    client: GPTClient
+    uid: str
+    queue: deque[StepItem] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    timer: asyncio.TimerHandle | None = None
+    finished: bool = False  # its last token or the worker's failure has come: nothing is left to cancel
+    interrupted: bool = False  # ended from this side: the worker may still be generating it
+    closed: bool = False
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Token:
+        # Runs once per token: the buffer is read here directly, no queue or task in between.
+        while not (self.finished or self.closed):
+            if not self.queue:
+                self.ready.clear()
+                await self.ready.wait()
+                continue
+            item = self.queue.popleft()
+            if isinstance(item, Failure):
+                # A failure from the worker ended the request there; one decided here (deadline, dead worker) did
+                # not: closing then cancels it on the worker.
+                self.finished = not self.interrupted
+                self.closed = True
+                raise GenerationFailed(item)
+            self.finished = item.finish is not None
+            return item
+        raise StopAsyncIteration
+
+    def push(self, item: StepItem) -> None:
+        self.queue.append(item)
+        self.ready.set()
+
+    def interrupt(self, failure: Failure) -> None:
+        """End the generation from this side, ahead of any token still queued (the deadline, a dead worker)."""
+        self.interrupted = True
+        self.queue.appendleft(failure)
+        self.ready.set()
+
+    def close(self) -> None:
+        """Cancel on the worker what still runs, and forget the generation; safe to call more than once."""
+        self.closed = True
+        self.ready.set()  # wakes a reader waiting for tokens: it ends
+        self.client.forget(self, cancel=not self.finished)
+
+    def __enter__(self) -> Generation:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class GenerateClient(Protocol):
+    """What the HTTP side needs of the GPT (tests pass a scripted fake)."""
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, deadline: Deadline) -> Generation: ...
+
+
+class GPTClient:
+    def __init__(self, address: ChannelAddress, drain: Drain | None = None) -> None:
+        self.address = address
+        self.drain = drain  # tells when a worker has died; None in tests without workers
+        self.queue_id = 0  # this API server's response queue id: set by the spec before LitServe forks the process
+        self._channel: ServerEnd | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._open: dict[str, Generation] = {}
+
+    def __getstate__(self) -> dict[str, object]:
+        # Pickled with the spec into the spawned GPT worker, which never uses it: no sockets, tasks or buffers.
+        return {"address": self.address, "drain": None, "queue_id": 0, "_channel": None, "_tasks": [], "_open": {}}
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, deadline: Deadline) -> Generation:
+        """Submit a generation now (so that a full channel is a `WorkerUnavailable` before any answer is sent)."""
+        channel = self._ensure_open()
+        generation = Generation(self, str(uuid.uuid4()))
+        self._open[generation.uid] = generation
+        try:
+            channel.submit(Submit(self.queue_id, generation.uid, time.monotonic(), prompt_ids, params))
+        except ChannelFull as exc:
+            self._open.pop(generation.uid, None)
+            raise WorkerUnavailable(str(exc)) from exc
+        delay = max(0.0, deadline.at - time.monotonic())
+        generation.timer = asyncio.get_running_loop().call_later(
+            delay, generation.interrupt, deadline.failure(generation.uid)
+        )
+        return generation
+
+    def forget(self, generation: Generation, cancel: bool) -> None:
+        """Drop a closed generation: stop its timer, cancel it on the worker if asked, free its place."""
+        if generation.timer is not None:
+            generation.timer.cancel()
+        if self._open.pop(generation.uid, None) is None or self._channel is None:
+            return
+        if cancel:
+            self._channel.cancel(generation.uid)
+        self._channel.release(generation.uid)
+
+    @property
+    def open_generations(self) -> int:
+        return len(self._open)
+
+    def _ensure_open(self) -> ServerEnd:
+        """This process's end of the channel, its fan-out task and its worker watch, made once (restarted if they
+        ever stop)."""
+        if self._channel is None:
+            self._channel = ServerEnd(self.address, self.queue_id)
+        if not self._tasks or any(t.done() for t in self._tasks):
+            for t in self._tasks:
+                t.cancel()
+            self._tasks = [asyncio.create_task(self._fan_out(self._channel)), asyncio.create_task(self._watch())]
+        return self._channel
+
+    async def _fan_out(self, channel: ServerEnd) -> None:
+        """Spread each step message from the worker over the buffers of the generations it names."""
+        while True:
+            try:
+                items = await channel.receive()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # an unreadable message loses its tokens, never the task
+                logger.exception("reading the GPT channel failed")
+                continue
+            for item in items:
+                generation = self._open.get(item.uid)
+                if generation is not None:  # else closed already (a stop string, the client gone): dropped
+                    generation.push(item)
+
+    async def _watch(self) -> None:
+        """A worker died: end every open generation of this API server with a 503 instead of a hang."""
+        while self.drain is None or not self.drain.failed:
+            await asyncio.sleep(WATCH_SECONDS)
+        for generation in list(self._open.values()):
+            message = "the model worker died; the server is restarting"
+            generation.interrupt(Failure(generation.uid, 503, "worker_died", message))

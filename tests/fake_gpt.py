@@ -1,0 +1,119 @@
+"""A scripted GPT worker behind the real GPT client, and the GPT's HTTP app around it, all in one process.
+
+The client (service/gpt_client.py) runs as in the server: its buffers, fan-out, deadline and worker watch are the
+real ones; only its end of the channel is replaced by `ScriptedWorker`, which answers each `Submit` with the
+tokens of a scripted text, some per step. Needs the model folder's tokenizer and config, never its weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from fastapi import FastAPI
+from transformers import PreTrainedTokenizerFast
+
+from model.gpt import encode
+from service.errors import install_error_handlers
+from service.gpt_channel import ChannelAddress
+from service.gpt_client import GPTClient
+from service.gpt_protocol import Failure, StepItem, Submit, Token
+from service.gpt_spec import GPTSpec
+from service.settings import Settings
+
+# What the worker answers a submit with: the text to generate, or a Failure, given the Submit.
+Script = Callable[[Submit], "str | Failure"]
+
+
+@dataclass
+class ScriptedWorker:
+    """Stands in for the channel's `ServerEnd`: a submit is answered from `script`, `per_step` tokens a message."""
+
+    script: Script
+    tok: PreTrainedTokenizerFast
+    eot_id: int
+    per_step: int = 1
+    step_seconds: float = 0.0
+    fail_after: int | None = None  # tokens sent before a Failure (an engine error mid-stream)
+    submitted: list[Submit] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    _inbox: asyncio.Queue[list[StepItem]] = field(default_factory=asyncio.Queue)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stopped: set[str] = field(default_factory=set)
+
+    def submit(self, message: Submit) -> None:
+        self.submitted.append(message)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._generate(message)))
+
+    def cancel(self, uid: str) -> None:
+        self.cancelled.append(uid)
+        if uid not in self._stopped:
+            self._stopped.add(uid)
+            self._inbox.put_nowait([Token(uid, None, None, None, "cancelled")])
+
+    def release(self, uid: str) -> None:
+        self.released.append(uid)
+
+    async def receive(self) -> list[StepItem]:
+        return await self._inbox.get()
+
+    async def _generate(self, message: Submit) -> None:
+        answer = self.script(message)
+        if isinstance(answer, Failure):
+            self._inbox.put_nowait([answer._replace(uid=message.uid)])
+            return
+        ids = encode(self.tok, answer)[: message.params.max_tokens]
+        finish = "length" if len(ids) == message.params.max_tokens else "stop"
+        if finish == "stop":
+            ids.append(self.eot_id)
+        for start in range(0, len(ids), self.per_step):
+            await asyncio.sleep(self.step_seconds)
+            if message.uid in self._stopped:
+                return
+            if self.fail_after is not None and start >= self.fail_after:
+                self._stopped.add(message.uid)
+                self._inbox.put_nowait([Failure(message.uid, 500, "engine_error", "the engine failed")])
+                return
+            batch: list[StepItem] = []
+            for i, token in enumerate(ids[start : start + self.per_step], start):
+                last = i == len(ids) - 1
+                top = [(token, -0.5), (self.eot_id, -1.5)] if message.params.logprobs else None
+                logprob = -0.5 if message.params.logprobs is not None else None
+                batch.append(Token(message.uid, token, logprob, top, finish if last else None))  # type: ignore[arg-type]
+            if batch[-1].finish is not None:
+                self._stopped.add(message.uid)
+            self._inbox.put_nowait(batch)
+
+
+@dataclass
+class FakeGPT:
+    spec: GPTSpec
+    client: GPTClient
+    worker: ScriptedWorker
+    app: FastAPI
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://tinyserve", timeout=10)
+
+
+def fake_gpt(script: Script, settings: Settings | None = None, **worker: object) -> FakeGPT:
+    """The GPT's routes, as LitServe registers them, on a real client whose worker is scripted."""
+    settings = settings or Settings()
+    client = GPTClient(ChannelAddress("/nonexistent"))
+    spec = GPTSpec(settings, client.address, client=client)
+    scripted = ScriptedWorker(script, spec.served.tok, spec.served.eot_id, **worker)  # type: ignore[arg-type]
+    client._channel = scripted  # type: ignore[assignment]
+    spec.pre_setup(None)
+    app = FastAPI()
+    for path, endpoint, methods in spec.endpoints:
+        app.add_api_route(path, endpoint, methods=methods)
+    install_error_handlers(app)
+    return FakeGPT(spec, client, scripted, app)
+
+
+def says(text: str) -> Script:
+    """A script that answers every request with `text`."""
+    return lambda _: text
