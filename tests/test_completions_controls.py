@@ -80,9 +80,9 @@ def test_what_cannot_be_served_is_a_400_naming_it(body, param):
         assert "not supported" in answer["error"]["message"]
 
 
-def test_unknown_parameters_stay_ignored():
-    status, _, _ = post({"some_extension": 1, "user": "me"})
-    assert status == 200
+def test_unknown_parameters_stay_ignored_and_best_of_n_is_n():
+    status, _, params = post({"some_extension": 1, "user": "me", "best_of": 2, "n": 2})
+    assert status == 200 and len(params) == 2
 
 
 def test_the_clients_own_timeout_is_not_retried():

@@ -24,7 +24,7 @@ OPENAI_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for the legacy completions
 
 
 class CompletionRequest(SamplingRequest):
-    UNSUPPORTED = ("suffix", "best_of")
+    UNSUPPORTED = ("suffix",)
 
     prompt: str | list[str] = Field(description="A prompt, or a list of prompts (one choice set per prompt).")
     max_tokens: int | None = Field(
@@ -34,7 +34,7 @@ class CompletionRequest(SamplingRequest):
     echo: bool = False
     # OpenAI's, not implemented: present so that a request setting them is refused by name (400).
     suffix: str | None = Field(default=None, description="Not supported (400): the model cannot fill in the middle.")
-    best_of: int | None = Field(default=None, description="Not supported (400).")
+    best_of: int | None = Field(default=None, description="Only equal to n (or omitted); more is not supported (400).")
 
     @field_validator("prompt")
     @classmethod
@@ -51,6 +51,12 @@ class CompletionRequest(SamplingRequest):
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def unsupported(self) -> str | None:
+        # best_of == n asks for nothing beyond the n choices (vLLM accepts it too); more is not implemented.
+        if self.best_of is not None and self.best_of != self.n:
+            return "best_of"
+        return super().unsupported()
 
     def asked_max_tokens(self) -> int | None:
         return self.max_tokens
