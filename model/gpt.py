@@ -6,6 +6,7 @@ it; the tokenizer is a byte-level BPE trained by `tokenizers`. Both live in one 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from model.chat_template import CHAT_TEMPLATE
 
 EOT = "<|endoftext|>"
 GPT_DIR = Path(__file__).parent / "weights" / "gpt"
@@ -75,8 +78,28 @@ def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(folder: Path = GPT_DIR) -> PreTrainedTokenizerFast:
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    return wrap_tokenizer(tok)
+    """The folder's tokenizer, with its chat template (`load_chat_template`)."""
+    tok = wrap_tokenizer(Tokenizer.from_file(str(folder / "tokenizer.json")))
+    tok.chat_template = load_chat_template(folder)
+    return tok
+
+
+def load_chat_template(folder: Path = GPT_DIR) -> str:
+    """The folder's chat template where Hugging Face looks for it (chat_template.jinja first, then `chat_template` in
+    tokenizer_config.json), else `CHAT_TEMPLATE`: what `AutoTokenizer.from_pretrained(folder)` would render with."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.exists() else None
+    return template if isinstance(template, str) else CHAT_TEMPLATE
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    """Write the tokenizer with the chat template as `chat_template` in tokenizer_config.json, where the issue's
+    users (and older transformers) look for it, rather than transformers 5's separate chat_template.jinja."""
+    tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder, save_jinja_files=False)
 
 
 def eot_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -105,6 +128,30 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tensor) ->
     text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     assert isinstance(text, str)
     return text
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerFast, token_id: int) -> bytes:
+    """The bytes a byte-level BPE token stands for (its text may be part of a UTF-8 character)."""
+    piece = tokenizer.backend_tokenizer.id_to_token(token_id) or ""
+    if piece == EOT:
+        return EOT.encode()
+    return bytes(_BYTE_OF[c] for c in piece)
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE writes each byte as a printable character (GPT-2's table); this maps them back."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_OF = _byte_level_alphabet()
 
 
 def pick_dtype(device: torch.device) -> torch.dtype:

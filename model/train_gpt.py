@@ -34,6 +34,7 @@ from model.gpt import (
     gpt_config,
     held_out_nats,
     load_tokenizer,
+    save_tokenizer,
     train_tokenizer,
 )
 from model.muon import Muon
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         t0 = time.time()
         tokenizer = train_tokenizer(train_texts, vocab_size=args.vocab_size)
-        tokenizer.save_pretrained(tok_dir)
+        save_tokenizer(tokenizer, tok_dir)
         print(f"tokenizer: {len(tokenizer)} tokens in {time.time() - t0:.1f}s")
     train_stream = encode_training_stream(tokenizer, train_texts)
     held_stream, held_chars = eval_stream(tokenizer, held_texts)
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
+    save_tokenizer(tokenizer, args.out)
     ev = evaluate(model, held_stream, held_chars)
     plot_curves(history, args.out / "loss_curve.png")
     info = {

@@ -70,6 +70,10 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404 and exc.detail == "Not Found" and request.url.path.startswith("/v1/"):
+        # No route: say which, in OpenAI's words, so that a client learns what this server does not serve.
+        message = f"Invalid URL ({request.method} {request.url.path}): this server has no such endpoint"
+        return JSONResponse(status_code=404, content=openai_error(message, None, "unknown_url"))
     return JSONResponse(status_code=exc.status_code, content=error_content(exc), headers=exc.headers)
 
 

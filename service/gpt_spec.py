@@ -1,7 +1,7 @@
 """The GPT's HTTP side, in each API-server process: a LitServe spec that routes the GPT's endpoints.
 
-Completions (service/completions.py) is the protocol on the GPT client; the model list and the tokenizer
-endpoints (so a user can see what the model sees) are small enough to live here.
+Completions (service/completions.py) and chat (service/chat.py) are protocols on the same GPT client; the model
+list and the tokenizer endpoints (so a user can see what the model sees) are small enough to live here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from fastapi import HTTPException
 from litserve.specs.base import LitSpec
 
 from model.gpt import decode, encode
+from service.chat import Chat
 from service.choices import ServedGPT
 from service.completions import Completions
 from service.errors import openai_error
@@ -47,6 +48,7 @@ class GPTSpec(LitSpec):
         self.created = int(time.time())
         self.gpt: ServedGPT | None = ServedGPT.load(settings, self.client)
         self.completions = Completions(self.gpt)
+        self.chat = Chat(self.gpt)
 
     # LitServe (0.2.19, LitServer._start_server) writes each API server's response queue id here just before it
     # forks that server: the id the GPT worker answers to.
@@ -62,7 +64,7 @@ class GPTSpec(LitSpec):
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into the spawned GPT worker, which never tokenizes: keep the tokenizer and handlers out.
         state = super().__getstate__()
-        state.update(gpt=None, completions=None)
+        state.update(gpt=None, completions=None, chat=None)
         return state
 
     @property
@@ -71,6 +73,7 @@ class GPTSpec(LitSpec):
 
     def pre_setup(self, lit_api: Any) -> None:
         self.add_endpoint("/v1/completions", self.completions.create, ["POST"])
+        self.add_endpoint("/v1/chat/completions", self.chat.create, ["POST"])
         self.add_endpoint("/v1/models", self.models, ["GET"])
         self.add_endpoint("/v1/models/{model_id}", self.model_card, ["GET"])
         self.add_endpoint("/v1/tokenize", self.tokenize, ["POST"])

@@ -26,6 +26,8 @@ ALWAYS_OPEN = ("/metrics", "/metrics/")
 
 # Paths whose requests in flight are bounded (by settings), counted across all API-server processes.
 LIMITED_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/classify")
+# Paths that share another's bound: chat runs on the GPT's batch slots and queue, as completions do.
+SHARED_LIMITS = {"/v1/chat/completions": "/v1/completions"}
 
 
 class Drain:
@@ -84,7 +86,7 @@ class Guard:
 
     def _label(self, path: str) -> str:
         # Only known paths become label values: a scanner's random URLs must not create new series.
-        return path if path in self.limits else "other"
+        return path if path in self.limits or path in SHARED_LIMITS else "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,11 +132,12 @@ class Guard:
                     [(b"www-authenticate", b"Bearer")],
                 )
                 return
-        limit = self.limits.get(path)
+        pool = SHARED_LIMITS.get(path, path)
+        limit = self.limits.get(pool)
         if limit is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        count = self.drain.per_path[path]
+        count = self.drain.per_path[pool]
         with count.get_lock():  # check and take a place in one step, across processes
             admitted = count.value < limit
             if admitted:
@@ -145,7 +148,7 @@ class Guard:
                 send,
                 503,
                 openai_error(
-                    f"server busy: {limit} requests in flight on {path}; retry shortly",
+                    f"server busy: {limit} requests in flight on {pool}; retry shortly",
                     None,
                     "overloaded",
                     "server_error",

@@ -9,6 +9,7 @@ from pydantic import DirectoryPath, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import model
+from model.chat_template import ASSISTANT_SPEAKER, USER_SPEAKER
 
 # Weights ship inside the `model` package: defaults resolve there, not against the working directory.
 WEIGHTS_DIR = Path(model.__file__).resolve().parent / "weights"
@@ -44,6 +45,15 @@ class Settings(BaseSettings):
     gpt_model_id: str = Field(default="tinyserve-gpt", min_length=1, description="the GPT's id in /v1/models")
     pixels_model_id: str = Field(
         default="tinyserve-pixels", min_length=1, description="the classifier's id in /v1/models"
+    )
+    # Who speaks in a chat when a message has no `name`: headings of the play the chat template writes.
+    chat_user_speaker: str = Field(
+        default=USER_SPEAKER, pattern=r"^[A-Za-z][A-Za-z0-9 '_-]{0,63}$", description="the user's speaker in chats"
+    )
+    chat_assistant_speaker: str = Field(
+        default=ASSISTANT_SPEAKER,
+        pattern=r"^[A-Za-z][A-Za-z0-9 '_-]{0,63}$",
+        description="the assistant's speaker in chats (its heading is the generation prompt)",
     )
     gpt_max_batch_size: int = Field(
         default=32,

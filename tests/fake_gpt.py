@@ -19,7 +19,7 @@ from model.gpt import encode
 from service.errors import install_error_handlers
 from service.gpt_channel import ChannelAddress
 from service.gpt_client import GPTClient
-from service.gpt_protocol import Failure, StepItem, Submit, Token
+from service.gpt_protocol import Failure, FinishReason, StepItem, Submit, Token
 from service.gpt_spec import GPTSpec
 from service.settings import Settings
 
@@ -66,7 +66,7 @@ class ScriptedWorker:
             self._inbox.put_nowait([answer._replace(uid=message.uid)])
             return
         ids = encode(self.tok, answer)[: message.params.max_tokens]
-        finish = "length" if len(ids) == message.params.max_tokens else "stop"
+        finish: FinishReason = "length" if len(ids) == message.params.max_tokens else "stop"
         if finish == "stop":
             ids.append(self.eot_id)
         for start in range(0, len(ids), self.per_step):
@@ -77,15 +77,15 @@ class ScriptedWorker:
                 self._stopped.add(message.uid)
                 self._inbox.put_nowait([Failure(message.uid, 500, "engine_error", "the engine failed")])
                 return
-            batch: list[StepItem] = []
+            batch: list[Token] = []
             for i, token in enumerate(ids[start : start + self.per_step], start):
                 last = i == len(ids) - 1
                 top = [(token, -0.5), (self.eot_id, -1.5)] if message.params.logprobs else None
                 logprob = -0.5 if message.params.logprobs is not None else None
-                batch.append(Token(message.uid, token, logprob, top, finish if last else None))  # type: ignore[arg-type]
+                batch.append(Token(message.uid, token, logprob, top, finish if last else None))
             if batch[-1].finish is not None:
                 self._stopped.add(message.uid)
-            self._inbox.put_nowait(batch)
+            self._inbox.put_nowait(list[StepItem](batch))
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model.gpt import train_tokenizer
-from service.textstream import TextStream
+from service.textstream import SpeechStream, TextStream
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,28 @@ def test_text_that_may_start_a_stop_string_is_held_back_then_released(tok):
 def test_earliest_of_several_stops_wins(tok):
     deltas, stream = run(tok, "to be or not to be", ["not", "or"])
     assert "".join(deltas) == "to be "
+
+
+@pytest.mark.parametrize(
+    ("text", "speech", "ended"),
+    [
+        ("Why, go to bed.\n\nRODERIGO.\nI will", "Why, go to bed.", True),  # a blank line
+        ("What say'st thou,\nnoble heart?\nRODERIGO.\nWhat", "What say'st thou,\nnoble heart?", True),  # a heading
+        ("Ends here\nFIRST CITIZEN.\nHo", "Ends here", True),  # a heading of several words
+        ("\nIAGO.\nx", "", True),  # a heading at once: an empty speech
+        ("ALL CAPS LINE\nnext", "ALL CAPS LINE\nnext", False),  # capitals without the full stop: still speech
+        ("O, then.\nTo the sea", "O, then.\nTo the sea", False),
+        ("cut short\nIAG", "cut short\nIAG", False),  # held back while it may be a heading, released at the end
+    ],
+)
+def test_a_speech_ends_at_a_blank_line_or_a_new_heading(tok, text, speech, ended):
+    stream = SpeechStream(tok, [])
+    deltas = []
+    for t in tok.encode(text, add_special_tokens=False):
+        deltas.append(stream.push(t))
+        if stream.stopped:
+            break
+    if not stream.stopped:
+        deltas.append(stream.finish())
+    assert "".join(deltas) == stream.text == speech
+    assert stream.stopped is ended

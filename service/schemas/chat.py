@@ -1,0 +1,177 @@
+"""Wire schemas of OpenAI's chat completions, `POST /v1/chat/completions`: the request, the answer and its chunks.
+
+Values are bounded here (422 naming the field). What OpenAI defines but this model cannot do (tools, structured
+output, audio and images) is accepted by the schema and refused by `unsupported()` with a 400 naming it, never
+ignored.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from model.sampling import MAX_LOGPROBS
+from service.schemas.completions import FinishReason, Usage
+from service.schemas.sampling import Lenient, SamplingRequest
+
+MAX_MESSAGES = 64
+MAX_CONTENT_CHARS = 32_768
+# A speaker's name becomes a heading line of the play: letters first, then letters, digits, spaces, ' _ -.
+SPEAKER_PATTERN = r"^[A-Za-z][A-Za-z0-9 '_-]{0,63}$"
+
+# Request fields OpenAI defines that this model cannot honour: refused by name (a 400), never silently ignored.
+NOT_SUPPORTED = ("tools", "tool_choice", "functions", "function_call", "audio", "prediction", "web_search_options")
+
+
+class ChatMessage(Lenient):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = Field(
+        default=None, description='A string, or a list of parts of {"type": "text", "text": ...}.'
+    )
+    name: str | None = Field(default=None, pattern=SPEAKER_PATTERN, description="The speaker's name (a heading).")
+    tool_calls: list[dict[str, Any]] | None = None  # refused: accepted here only to be named in the 400
+
+    def unsupported(self, where: str) -> tuple[str, str] | None:
+        if self.tool_calls:
+            return f"{where}.tool_calls", "tool calls are not supported by this model"
+        if isinstance(self.content, list):
+            for i, part in enumerate(self.content):
+                kind = part.get("type")
+                if kind != "text":
+                    return (
+                        f"{where}.content.{i}.type",
+                        f"content parts of type {kind!r} are not supported by this model",
+                    )
+                if not isinstance(part.get("text"), str):
+                    return f"{where}.content.{i}.text", "a text part needs a string `text`"
+        return None
+
+    @property
+    def text(self) -> str:
+        """The content as one string: text parts joined by new lines (as vLLM does)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "\n".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+
+
+class ResponseFormat(Lenient):
+    type: str = "text"
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1, le=4096, description="Deprecated by OpenAI for the next one.")
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=4096, description="New tokens per choice; default: what the context leaves."
+    )
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    modalities: list[str] | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+
+    @field_validator("messages")
+    @classmethod
+    def _check_length(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        if sum(len(m.text) for m in v) > MAX_CONTENT_CHARS:
+            raise ValueError(f"the messages hold more than {MAX_CONTENT_CHARS} characters")
+        return v
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(parameter, why) for the first thing asked that this model cannot do, or None."""
+        for name in NOT_SUPPORTED:
+            if getattr(self, name) is not None:
+                return name, f"`{name}` is not supported by this model"
+        if self.response_format is not None and self.response_format.type != "text":
+            return "response_format", f"response_format {self.response_format.type!r} is not supported by this model"
+        if self.modalities is not None and set(self.modalities) != {"text"}:
+            return "modalities", "only the text modality is supported by this model"
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs: true"
+        for i, message in enumerate(self.messages):
+            found = message.unsupported(f"messages.{i}")
+            if found is not None:
+                return found
+        return None
+
+    def asked_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def openai_max_tokens(self, room: int) -> int:
+        return room  # OpenAI's chat generates until the model stops or the context is full
+
+    def asked_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+    refusal: None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    refusal: None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None
+
+
+def chat_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
