@@ -74,7 +74,7 @@ class ServedGPT:
     def params(self, body: SamplingRequest, prompt_ids: list[int], index: int) -> SamplingParams:
         """The request's sampling parameters for one choice, or a 400 naming the parameter that cannot be served:
         one not supported, a logit_bias id outside the vocabulary, max_tokens past the context or below min_tokens."""
-        refused = body.unsupported()
+        refused = body.refused_parameter()
         if refused is not None:
             raise _bad_request(f"{refused} is not supported by this server", refused, "unsupported_parameter")
         bad_bias = body.logit_bias_error(self.vocab_size)

@@ -52,11 +52,11 @@ class CompletionRequest(SamplingRequest):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    def unsupported(self) -> str | None:
+    def refused_parameter(self) -> str | None:
         # best_of == n asks for nothing beyond the n choices (vLLM accepts it too); more is not implemented.
         if self.best_of is not None and self.best_of != self.n:
             return "best_of"
-        return super().unsupported()
+        return super().refused_parameter()
 
     def asked_max_tokens(self) -> int | None:
         return self.max_tokens

@@ -69,7 +69,7 @@ class SamplingControls(BaseModel):
                 raise ValueError(f"the bias of token {key} is outside -100..100")
         return v
 
-    def unsupported(self) -> str | None:
+    def refused_parameter(self) -> str | None:
         """The first parameter of `UNSUPPORTED` the request sets, if any."""
         return next((name for name in self.UNSUPPORTED if getattr(self, name, None) is not None), None)
 
