@@ -1,7 +1,9 @@
 """Engine throughput against `model.generate` (`python -m bench.engine`): a report, it never fails on time.
 
 Both decode the same prompts (32 tokens, 64 new) at each batch size in the same run, greedy and sampling with
-top-k, interleaved repeat by repeat so that a noisy machine slows both alike; figures are medians. Tokens/s
+top-k (and, with `--modes ...,controls`, top-k with every sampling control on: min-p, the three penalties, logit
+bias and min_tokens; generate gets those it has), interleaved repeat by repeat so that a noisy machine slows both
+alike; figures are medians. Tokens/s
 counts new tokens over the whole call, prefill included. The step split times the engine's model forward and
 its sampling; the rest of a step is bookkeeping (admission, events, slot moves).
 """
@@ -29,7 +31,9 @@ from model.gpt import GPT_DIR, count_parameters, gpt_config, load_gpt, pick_dtyp
 PROMPT_TOKENS = 32
 NEW_TOKENS = 64
 TOP_K = 50
-MODES = ("greedy", "top-k")
+MODES = ("greedy", "top-k", "controls")
+# The controls mode: each with a value that changes the logits of every row, every step.
+MIN_P, REPETITION, MIN_TOKENS = 0.02, 1.2, 16
 
 
 @dataclass
@@ -58,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="batches 1 and 64, three repeats")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 there, as the server runs it)")
+    p.add_argument("--modes", default="greedy,top-k", help=f"comma-separated, of {', '.join(MODES)}")
     return p.parse_args(argv)
 
 
@@ -76,7 +81,22 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[GPT2LMHeadModel, str]
 def params_for(mode: str) -> SamplingParams:
     if mode == "greedy":
         return SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
+    if mode == "controls":
+        bias = tuple((t, 1.0) for t in range(1, 11))
+        return SamplingParams(
+            max_tokens=NEW_TOKENS, temperature=1.0, top_k=TOP_K, min_p=MIN_P, repetition_penalty=REPETITION,
+            frequency_penalty=0.5, presence_penalty=0.3, logit_bias=bias, min_tokens=MIN_TOKENS, stop_token_ids=(0,),
+        )  # fmt: skip
     return SamplingParams(max_tokens=NEW_TOKENS, temperature=1.0, top_k=TOP_K)
+
+
+def generate_kwargs(mode: str) -> dict[str, Any]:
+    if mode == "greedy":
+        return {"do_sample": False}
+    if mode == "controls":  # generate has no frequency or presence penalty
+        return {"do_sample": True, "top_k": TOP_K, "min_p": MIN_P, "repetition_penalty": REPETITION,
+                "min_new_tokens": MIN_TOKENS}  # fmt: skip
+    return {"do_sample": True, "top_k": TOP_K}
 
 
 def timed(fn: Callable[..., Any], split: Split, attr: str, sync: Callable[[], None]) -> Callable[..., Any]:
@@ -111,7 +131,7 @@ def run_engine(
 
 
 def run_generate(model: GPT2LMHeadModel, prompts: torch.Tensor, mode: str, sync: Callable[[], None]) -> float:
-    kwargs: dict[str, Any] = {"do_sample": False} if mode == "greedy" else {"do_sample": True, "top_k": TOP_K}
+    kwargs = generate_kwargs(mode)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
@@ -145,14 +165,17 @@ def report(args: argparse.Namespace) -> str:
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     batches = [1, 64] if args.quick else [int(b) for b in args.batches.split(",")]
     repeats = 3 if args.quick else args.repeats
+    modes = args.modes.split(",")
+    if not set(modes) <= set(MODES):
+        raise SystemExit(f"--modes: choose among {', '.join(MODES)}")
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     prompts = {b: torch.randint(1, vocab, (b, PROMPT_TOKENS), generator=gen).to(device) for b in batches}
 
-    for mode in MODES:  # warm-up: first calls pay for allocations and lazy imports
+    for mode in modes:  # warm-up: first calls pay for allocations and lazy imports
         run_engine(model, prompts[batches[0]], mode, sync)
         run_generate(model, prompts[batches[0]], mode, sync)
-    cells = {(b, m): Cell() for b in batches for m in MODES}
+    cells = {(b, m): Cell() for b in batches for m in modes}
     others_before = others_cpu_s()
     start = time.perf_counter()
     done = 0
@@ -160,7 +183,7 @@ def report(args: argparse.Namespace) -> str:
         if rep and time.perf_counter() - start > args.budget:
             break
         for b in batches:
-            for mode in MODES:
+            for mode in modes:
                 cell = cells[b, mode]
                 # Alternate which side goes first so a slow phase of the machine does not favour one.
                 if rep % 2:
@@ -186,13 +209,13 @@ def report(args: argparse.Namespace) -> str:
         f"- Other processes used {others / elapsed:.2f} of {os.cpu_count()} cores meanwhile"
         + (": the figures are noisy." if not others / elapsed <= 0.2 else " (a quiet machine)."),
         "",
-        "| batch | engine greedy | generate greedy | ratio | engine top-k | generate top-k | ratio |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | " + " | ".join(f"engine {m} | generate {m} | ratio" for m in modes) + " |",
+        "|---:|" + "---:|---:|---:|" * len(modes),
     ]
     ratios: dict[tuple[int, str], float] = {}
     for b in batches:
         row = [str(b)]
-        for mode in MODES:
+        for mode in modes:
             cell = cells[b, mode]
             # The median of paired ratios: a slow phase of the machine hits both runs of a pair alike.
             ratios[b, mode] = med(e / g for e, g in zip(cell.engine, cell.generate, strict=True))
@@ -206,7 +229,7 @@ def report(args: argparse.Namespace) -> str:
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for b in batches:
-        for mode in MODES:
+        for mode in modes:
             splits = cells[b, mode].splits
             step = med(s.total_s / s.steps for s in splits) * 1e3
             fwd = med(s.forward_s / s.steps for s in splits) * 1e3
@@ -217,8 +240,9 @@ def report(args: argparse.Namespace) -> str:
     goals = [(1, 2.0), (64, 1.2)]
     for b, goal in goals:
         if b in batches:
-            got = ", ".join(f"{mode} {ratios[b, mode]:.2f}x" for mode in MODES)
-            met = all(ratios[b, mode] >= goal for mode in MODES)
+            plain = [m for m in modes if m != "controls"]  # the goals are the plain modes'
+            got = ", ".join(f"{mode} {ratios[b, mode]:.2f}x" for mode in plain)
+            met = all(ratios[b, mode] >= goal for mode in plain)
             lines.append(f"- Goal at batch {b}: engine >= {goal}x generate: {got} -> {'met' if met else 'NOT met'}.")
     return "\n".join(lines)
 

@@ -28,9 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from model.gpt2_forward import Attend, CachedForward, cached_forward
-from model.sampling import MAX_LOGPROBS, SamplingParams, SamplingPlan
+from model.logits import Controls, TokenCounts
+from model.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, SamplingParams, SamplingPlan
 
-__all__ = ["AdmissionError", "Engine", "SamplingParams", "TokenEvent"]
+__all__ = ["AdmissionError", "Engine", "PromptLogprob", "SamplingParams", "TokenEvent"]
+
+# One prompt token after the first: its logprob given the tokens before it, and the top-N (token_id, logprob).
+PromptLogprob = tuple[float, list[tuple[int, float]]]
 
 
 @dataclass
@@ -40,6 +44,8 @@ class TokenEvent:
     logprob: float | None  # chosen token's log-probability under the raw logits, when logprobs were asked for
     top_logprobs: list[tuple[int, float]] | None  # top-N (token_id, logprob), descending
     finish_reason: str | None  # None while running; "stop" | "length" | "cancelled" on a request's last event
+    # On a request's first event when it asked for prompt_logprobs: one entry per prompt token but the first.
+    prompt_logprobs: list[PromptLogprob] | None = None
 
 
 class AdmissionError(ValueError):
@@ -88,6 +94,7 @@ class Engine:
             shape = (net.n_layer, 2, max_batch_size, net.n_head, self._ctx, net.head_dim)
             self._kv = torch.zeros(shape, dtype=self._dtype, device=self._device)
             self._arange = torch.arange(max(self._ctx, max_batch_size), device=self._device)
+            self._counts = TokenCounts(max_batch_size, self._vocab, self._device)
         self._rng = torch.Generator(device=self._device)
         self._rng.seed()  # unseeded requests must differ from one server start to the next
         # Guards _waiting, _cancels and _live, which add_request() and cancel() touch from other threads.
@@ -194,8 +201,8 @@ class Engine:
     def _validate(self, prompt_ids: Sequence[int], p: SamplingParams) -> None:
         if not prompt_ids:
             raise AdmissionError("the prompt is empty")
-        if p.max_tokens < 1:
-            raise AdmissionError("max_tokens must be at least 1")
+        if p.max_tokens < (0 if p.prompt_logprobs is not None else 1):
+            raise AdmissionError("max_tokens must be at least 1 (0 only to score the prompt)")
         if len(prompt_ids) + p.max_tokens > self._ctx:
             raise AdmissionError(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the model's context"
@@ -214,12 +221,39 @@ class Engine:
             raise AdmissionError(f"logprobs must be in 0..{MAX_LOGPROBS}")
         if p.seed is not None and not -(2**63) <= p.seed < 2**64:
             raise AdmissionError("seed must fit in 64 bits")
+        self._validate_controls(p)
+
+    def _validate_controls(self, p: SamplingParams) -> None:
+        if p.prompt_logprobs is not None and not 0 <= p.prompt_logprobs <= MAX_LOGPROBS:
+            raise AdmissionError(f"prompt_logprobs must be in 0..{MAX_LOGPROBS}")
+        if not 0 <= p.min_p <= 1:
+            raise AdmissionError("min_p must be in [0, 1]")
+        for name, value in (("frequency_penalty", p.frequency_penalty), ("presence_penalty", p.presence_penalty)):
+            if not -2 <= value <= 2:
+                raise AdmissionError(f"{name} must be in [-2, 2]")
+        if not 0 < p.repetition_penalty <= 2:
+            raise AdmissionError("repetition_penalty must be in (0, 2]")
+        if not 0 <= p.min_tokens <= p.max_tokens:
+            raise AdmissionError("min_tokens must be in 0..max_tokens")
+        if len(p.logit_bias) > MAX_LOGIT_BIAS:
+            raise AdmissionError(f"logit_bias holds more than {MAX_LOGIT_BIAS} entries")
+        for token, bias in p.logit_bias:
+            if not (isinstance(token, int) and 0 <= token < self._vocab):
+                raise AdmissionError(f"logit_bias token id {token} is outside 0..{self._vocab - 1}")
+            if not -100 <= bias <= 100:
+                raise AdmissionError(f"logit_bias of token {token} must be in [-100, 100]")
 
     def _forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend, last: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The model's logits at each row's last (or `last`) position; a method so benchmarks can time it."""
-        return self._net(ids, positions, attend, last)
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        attend: Attend,
+        last: torch.Tensor | None = None,
+        every: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's logits at each row's last (or `last`) position, and at every position of the rows `every`;
+        a method so benchmarks can time it."""
+        return self._net(ids, positions, attend, last, every)
 
     def _prefill(self, seqs: list[_Seq]) -> list[TokenEvent]:
         """All joining prompts in one right-padded forward; each writes its keys and values into a new row."""
@@ -235,12 +269,36 @@ class Engine:
             self._kv[i, 1, r0 : r0 + n, :, :width] = v
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self._net.attention_scale(i))
 
-        logits = self._forward(ids, self._arange[:width].unsqueeze(0), attend, last)
-        for s, length in zip(seqs, lengths, strict=True):
-            s.length = length
+        scored = [j for j, s in enumerate(seqs) if s.params.prompt_logprobs is not None]
+        every = torch.tensor(scored, device=self._device) if scored else None
+        logits, full = self._forward(ids, self._arange[:width].unsqueeze(0), attend, last, every)
+        for j, s in enumerate(seqs):
+            s.length = lengths[j]
+            if s.params.uses_controls:
+                self._counts.start(r0 + j, s.prompt)
         self._rows.extend(seqs)
         self._batch = None
-        return self._sample_and_record(logits, self._plan(seqs), r0)
+        prompt_lps = {}
+        if every is not None and full is not None:
+            scores = self._prompt_logprobs(full, ids.index_select(0, every), seqs, scored)
+            prompt_lps = dict(zip(scored, scores, strict=True))
+        return self._sample_and_record(logits, self._plan(seqs, r0), r0, prompt_lps=prompt_lps)
+
+    @staticmethod
+    def _prompt_logprobs(
+        logits: torch.Tensor, ids: torch.Tensor, seqs: list[_Seq], scored: list[int]
+    ) -> list[list[PromptLogprob]]:
+        """Each prompt token's logprob after the ones before it, from the prefill's logits [n, width, vocab]."""
+        lp = logits[:, :-1].float().log_softmax(-1)  # position t predicts token t + 1
+        chosen = lp.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2)
+        top, top_ids = lp.topk(max(seqs[j].params.prompt_logprobs or 0 for j in scored), dim=-1)
+        out = []
+        for row, j in enumerate(scored):  # only the requests that asked, once each
+            n, k = len(seqs[j].prompt) - 1, seqs[j].params.prompt_logprobs or 0
+            values, ids_k = top[row, :n, :k].tolist(), top_ids[row, :n, :k].tolist()
+            rows = zip(chosen[row, :n].tolist(), ids_k, values, strict=True)
+            out.append([(c, list(zip(i, v, strict=True))) for c, i, v in rows])
+        return out
 
     def _decode(self) -> list[TokenEvent]:
         batch = self._batch or self._build_batch()
@@ -263,7 +321,7 @@ class Engine:
                 q, keys[:b, :, :span], values[:b, :, :span], attn_mask=mask, scale=self._net.attention_scale(i)
             )
 
-        logits = self._forward(batch.tokens, batch.positions, attend)
+        logits, _ = self._forward(batch.tokens, batch.positions, attend)
         for s in self._rows:
             s.length += 1
         batch.positions += 1
@@ -275,11 +333,13 @@ class Engine:
         tokens = torch.tensor([[s.last_token] for s in seqs], device=self._device)
         positions = torch.tensor([[s.length] for s in seqs], device=self._device)
         uniform = len({s.length for s in seqs}) == 1
-        self._batch = _Batch(tokens, positions, uniform, self._plan(seqs))
+        self._batch = _Batch(tokens, positions, uniform, self._plan(seqs, 0))
         return self._batch
 
-    def _plan(self, seqs: list[_Seq]) -> SamplingPlan:
-        return SamplingPlan([(s.params, s.generator) for s in seqs], self._vocab, self._device)
+    def _plan(self, seqs: list[_Seq], row0: int) -> SamplingPlan:
+        """How to draw the next token of `seqs`, which sit in cache rows `row0..`."""
+        controls = Controls.of([(s.params, s.generated) for s in seqs], row0, self._counts, self._device)
+        return SamplingPlan([(s.params, s.generator) for s in seqs], self._vocab, self._device, controls)
 
     def _sample(
         self, logits: torch.Tensor, plan: SamplingPlan
@@ -289,9 +349,16 @@ class Engine:
         return tokens, plan.logprobs(logits, tokens)
 
     def _sample_and_record(
-        self, logits: torch.Tensor, plan: SamplingPlan, row0: int, batch: _Batch | None = None
+        self,
+        logits: torch.Tensor,
+        plan: SamplingPlan,
+        row0: int,
+        batch: _Batch | None = None,
+        prompt_lps: dict[int, list[PromptLogprob]] | None = None,
     ) -> list[TokenEvent]:
-        """Sample rows `row0..` of the cache, emit their events, remove the finished ones."""
+        """Sample rows `row0..` of the cache, emit their events, remove the finished ones.
+
+        `prompt_lps` (prefill only): the prompt logprobs of the plan rows that asked, sent with their first event."""
         tokens, logprobs = self._sample(logits, plan)
         token_list: list[int] = tokens.tolist()  # the step's one host sync
         if batch is not None:
@@ -306,6 +373,11 @@ class Engine:
         done: set[int] = set()
         for i, token in enumerate(token_list):
             s = self._rows[row0 + i]
+            prompt_lp = prompt_lps.get(i) if prompt_lps else None
+            if s.params.max_tokens == 0:  # scored only: the drawn token is not the request's
+                events.append(TokenEvent(s.request_id, None, None, None, "length", prompt_lp))
+                done.add(row0 + i)
+                continue
             s.generated += 1
             s.last_token = token
             finish = None
@@ -317,7 +389,7 @@ class Engine:
             if (j := lp_at.get(i)) is not None:
                 n = s.params.logprobs or 0
                 logprob, alternatives = chosen[j], list(zip(top_ids[j][:n], top[j][:n], strict=True))
-            events.append(TokenEvent(s.request_id, token, logprob, alternatives, finish))
+            events.append(TokenEvent(s.request_id, token, logprob, alternatives, finish, prompt_lp))
             if finish is not None:
                 done.add(row0 + i)
         if done:
@@ -338,6 +410,8 @@ class Engine:
             src = torch.tensor(movers, device=self._device)
             dst = torch.tensor(holes, device=self._device)
             self._kv[:, :, dst, :, :span] = self._kv[:, :, src, :, :span]
+            if any(self._rows[i].params.uses_controls for i in movers):
+                self._counts.move(src, dst)
             for h, m in zip(holes, movers, strict=True):
                 self._rows[h] = self._rows[m]
         del self._rows[keep:]

@@ -35,8 +35,13 @@ class CachedForward(Protocol):
     def attention_scale(self, layer: int) -> float: ...
 
     def __call__(
-        self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend, last: torch.Tensor | None = None
-    ) -> torch.Tensor: ...
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        attend: Attend,
+        last: torch.Tensor | None = None,
+        every: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 class _Layer(NamedTuple):
@@ -92,9 +97,15 @@ class GPT2Forward:
         return self._layers[layer].scale
 
     def __call__(
-        self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend, last: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Logits [b, vocab] at each row's position `last` (default: the final one) of `ids` [b, s]."""
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        attend: Attend,
+        last: torch.Tensor | None = None,
+        every: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [b, vocab] at each row's position `last` (default: the final one) of `ids` [b, s]; and for the
+        rows `every` (prompts being scored), logits [len(every), s, vocab] at every position, else None."""
         tr = self._model.transformer
         b, s = ids.shape
         width = self.n_head * self.head_dim
@@ -109,8 +120,9 @@ class GPT2Forward:
             h = w.act(torch.addmm(w.fc_bias, h, w.fc_weight))
             x = torch.addmm(w.out_bias, h, w.out_weight).add_(x)
         x = x.view(b, s, width)
+        full = None if every is None else self._model.lm_head(tr.ln_f(x.index_select(0, every)))
         x = x[:, -1] if last is None else x[torch.arange(b, device=self.device), last]
-        return self._model.lm_head(tr.ln_f(x))
+        return self._model.lm_head(tr.ln_f(x)), full
 
 
 def cached_forward(model: torch.nn.Module) -> CachedForward:

@@ -1,7 +1,8 @@
-"""Per-request sampling over a batch of logits: greedy, temperature, top-k, top-p, seeds and logprobs.
+"""Per-request sampling over a batch of logits: greedy, temperature, top-k, top-p, min-p, seeds and logprobs.
 
 A plan is built once for a fixed set of rows (when a request joins or leaves the batch), so that a decode step
-copies nothing to the device and syncs nothing: the engine's one `.tolist()` a step brings the tokens out.
+copies nothing to the device and syncs nothing: the engine's one `.tolist()` a step brings the tokens out. The
+controls that change the logits first (penalties, logit bias, min_tokens) are model/logits.py's.
 """
 
 from __future__ import annotations
@@ -9,11 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:  # model/logits.py imports SamplingParams from here
+    from model.logits import Controls
+
 # Alternatives per token the server reports (OpenAI's bound for completions); the API schemas use this one too.
 MAX_LOGPROBS = 5
+MAX_LOGIT_BIAS = 300  # entries a request may bias (OpenAI's limit)
 # Below this a temperature counts as greedy: dividing the logits by it would overflow (vLLM's rule too).
 MIN_TEMPERATURE = 1e-5
 
@@ -26,11 +32,32 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None  # same seed -> same tokens whoever else shares the batch
     stop_token_ids: tuple[int, ...] = ()
-    logprobs: int | None = None  # None = off; N in 0..20: chosen token's logprob + top-N alternatives a step
+    logprobs: int | None = None  # None = off; N in 0..MAX_LOGPROBS: chosen token's logprob + top-N alternatives a step
+    min_p: float = 0.0  # drop tokens below min_p x the top token's probability (after temperature)
+    # model/logits.py applies these, before temperature; see there for their semantics.
+    frequency_penalty: float = 0.0  # -2..2, times the token's count in the output
+    presence_penalty: float = 0.0  # -2..2, once a token is in the output
+    repetition_penalty: float = 1.0  # (0, 2]: over prompt and output tokens, 1 = off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in -100..100) pairs
+    min_tokens: int = 0  # stop ids cannot end the sequence before this many tokens
+    # None = off; N in 0..MAX_LOGPROBS: each prompt token's logprob (but the first's) + top-N, from the prefill.
+    # With it, max_tokens may be 0: the prompt is scored and nothing generated.
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature < MIN_TEMPERATURE
+
+    @property
+    def uses_controls(self) -> bool:
+        """Whether model/logits.py has anything to do for this request."""
+        return bool(
+            self.frequency_penalty
+            or self.presence_penalty
+            or self.repetition_penalty != 1
+            or self.logit_bias
+            or (self.min_tokens and self.stop_token_ids)
+        )
 
 
 @dataclass
@@ -42,6 +69,7 @@ class _Group:
     k: int
     top_k: torch.Tensor | None  # [n, 1] each row's own k inside the slice; None when all equal `k`
     top_p: torch.Tensor | None  # [n, 1]; None when every row keeps 1.0
+    log_min_p: torch.Tensor | None  # [n, 1] log(min_p), -inf for rows without; None when no row has one
     generators: list[torch.Generator | None]
     shared: bool  # no row has its own generator: one draw for the whole group
 
@@ -50,9 +78,14 @@ class SamplingPlan:
     """How to draw one token for each row of a fixed set; `rows[i]` = (params, own generator or None)."""
 
     def __init__(
-        self, rows: Sequence[tuple[SamplingParams, torch.Generator | None]], vocab: int, device: torch.device
+        self,
+        rows: Sequence[tuple[SamplingParams, torch.Generator | None]],
+        vocab: int,
+        device: torch.device,
+        controls: Controls | None = None,
     ) -> None:
         self._device = device
+        self.controls = controls
         self.groups: list[_Group] = []
         sampled = [(i, p) for i, (p, _) in enumerate(rows) if not p.greedy]
         # Top-k/top-p rows sample inside a top-k slice: masking the whole vocabulary doubled a batch-64 step.
@@ -70,11 +103,15 @@ class SamplingPlan:
                 k=k,
                 top_k=self._tensor(ks).unsqueeze(1) if is_sliced and min(ks) < k else None,
                 top_p=None,
+                log_min_p=None,
                 generators=gens,
                 shared=all(g is None for g in gens),
             )
             if any(p.top_p < 1 for _, p in members):
                 group.top_p = self._tensor([p.top_p for _, p in members]).unsqueeze(1)
+            if any(p.min_p > 0 for _, p in members):
+                log_min_p = [math.log(p.min_p) if p.min_p > 0 else -math.inf for _, p in members]
+                group.log_min_p = self._tensor(log_min_p).unsqueeze(1)
             self.groups.append(group)
         self.logprob_rows = [i for i, (p, _) in enumerate(rows) if p.logprobs is not None]
         self._logprob_index = self._tensor(self.logprob_rows) if self.logprob_rows else None
@@ -86,17 +123,11 @@ class SamplingPlan:
 
     def sample(self, logits: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         """One token id per row of float32 `logits` [rows, vocab]; `rng` serves rows without their own."""
+        if self.controls is not None:
+            logits = self.controls.apply(logits)
         tokens = logits.argmax(-1)  # greedy rows; sampled rows are overwritten below
         for g in self.groups:
-            scaled = logits.index_select(0, g.rows) / g.temperature
-            slice_ids = None
-            if g.k:
-                scaled, slice_ids = scaled.topk(g.k, dim=-1)  # sorted, descending
-                if g.top_k is not None:
-                    scaled = scaled.masked_fill(self._rank[: g.k] >= g.top_k, -math.inf)
-            probs = scaled.softmax(-1)
-            if g.top_p is not None:  # drop a token once the mass before it passes top_p; the first always stays
-                probs = probs.masked_fill(probs.cumsum(-1) - probs > g.top_p, 0.0)
+            probs, slice_ids = self._probs(g, logits)
             if g.shared:
                 u = torch.rand(len(g.generators), generator=rng, device=self._device)
             else:  # a seeded row draws from its own generator only: its tokens ignore its neighbours
@@ -107,7 +138,36 @@ class SamplingPlan:
             choice = (cdf <= u.double().unsqueeze(1) * cdf[:, -1:]).sum(-1)
             chosen = choice if slice_ids is None else slice_ids.gather(1, choice.unsqueeze(1)).squeeze(1)
             tokens.index_copy_(0, g.rows, chosen)
+        if self.controls is not None:
+            self.controls.record(tokens)
         return tokens
+
+    def _probs(self, g: _Group, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unnormalised distribution group `g` draws from: [n, k] over `slice_ids` [n, k], or [n, vocab]."""
+        scaled = logits.index_select(0, g.rows) / g.temperature
+        slice_ids = None
+        if g.k:
+            scaled, slice_ids = scaled.topk(g.k, dim=-1)  # sorted, descending
+            if g.top_k is not None:
+                scaled = scaled.masked_fill(self._rank[: g.k] >= g.top_k, -math.inf)
+        probs = scaled.softmax(-1)
+        if g.top_p is not None:  # drop a token once the mass before it passes top_p; the first always stays
+            probs = probs.masked_fill(probs.cumsum(-1) - probs > g.top_p, 0.0)
+        if g.log_min_p is not None:  # p < min_p * p_max, in logits; after top-p, as Hugging Face orders them
+            probs = probs.masked_fill(scaled < scaled.amax(-1, keepdim=True) + g.log_min_p, 0.0)
+        return probs, slice_ids
+
+    def distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """What each row draws from, normalised [rows, vocab]: one-hot for greedy rows (for tests and tools)."""
+        if self.controls is not None:
+            logits = self.controls.apply(logits)
+        out = torch.zeros_like(logits).scatter_(1, logits.argmax(-1, keepdim=True), 1.0)
+        for g in self.groups:
+            probs, slice_ids = self._probs(g, logits)
+            probs = probs / probs.sum(-1, keepdim=True)
+            dense = probs if slice_ids is None else torch.zeros_like(out[: len(probs)]).scatter_(1, slice_ids, probs)
+            out.index_copy_(0, g.rows, dense)
+        return out
 
     def logprobs(
         self, logits: torch.Tensor, tokens: torch.Tensor

@@ -6,6 +6,8 @@ process. Measured on 2 cores with no traffic at all: each batched worker used 0.
 a fifth of the machine taken from the GPT. Here a worker waits (blocked, up to a second at a time) for the first
 request, then collects the rest of the batch for up to `batch_timeout`, as LitServe does. It also records each
 request's time in the queue (`tinyserve_batched_request_queue_time_seconds`), which LitServe's loop does not pass on.
+An API with a `check_request(request)` method has each request checked before it joins a batch: LitServe answers an
+HTTPException raised while a batch runs to every request of the batch, so a bad one would fail its neighbours.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from queue import Empty, Queue
 from typing import Any
 
 import litserve as ls
+from fastapi import HTTPException
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.transport.base import MessageTransport
-from litserve.utils import LitAPIStatus, LoopResponseType
+from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException
 
 from service import metrics
 from service.litserve_adapter import SENTINEL, StopLoop
@@ -45,6 +48,7 @@ class QuietBatchedLoop(BatchedLoop):
         apply_timeout = lit_api.request_timeout not in (-1, False)
         queue_time = metrics.BATCHED_QUEUE_TIME.labels(lit_api.api_path)
         now = time.monotonic()  # the API server stamped each item with the same clock (one host)
+        check = getattr(lit_api, "check_request", None)
         for item in items:
             if item == SENTINEL:
                 raise StopLoop()
@@ -54,8 +58,16 @@ class QuietBatchedLoop(BatchedLoop):
             self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
             if apply_timeout and time.monotonic() - timestamp > lit_api.request_timeout:
                 timed_out.append((response_queue_id, uid))
-            else:
-                payloads.append((response_queue_id, uid, x_enc))
+                continue
+            try:
+                if check is not None:
+                    check(x_enc)
+            except HTTPException as exc:
+                error = PickleableHTTPException.from_exception(exc)
+                status, kind = LitAPIStatus.ERROR, LoopResponseType.REGULAR
+                self.put_response(transport, response_queue_id, uid, error, status, kind)
+                continue
+            payloads.append((response_queue_id, uid, x_enc))
         return payloads, timed_out
 
 

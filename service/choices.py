@@ -72,7 +72,14 @@ class ServedGPT:
         return ids
 
     def params(self, body: SamplingRequest, prompt_ids: list[int], index: int) -> SamplingParams:
-        """The request's sampling parameters for one choice, or a 400 naming max_tokens when they do not fit."""
+        """The request's sampling parameters for one choice, or a 400 naming the parameter that cannot be served:
+        one not supported, a logit_bias id outside the vocabulary, max_tokens past the context or below min_tokens."""
+        refused = body.refused_parameter()
+        if refused is not None:
+            raise _bad_request(f"{refused} is not supported by this server", refused, "unsupported_parameter")
+        bad_bias = body.logit_bias_error(self.vocab_size)
+        if bad_bias is not None:
+            raise _bad_request(f"{bad_bias}: token id outside the vocabulary (size {self.vocab_size})", bad_bias)
         room = self.context_length - len(prompt_ids)
         params = body.to_sampling_params(self.defaults, room=room, index=index, stop_token_ids=(self.eot_id,))
         if params.max_tokens > room:
@@ -85,6 +92,9 @@ class ServedGPT:
                     "context_length_exceeded",
                 ),
             )
+        if params.min_tokens > params.max_tokens:
+            message = f"min_tokens ({params.min_tokens}) exceeds max_tokens ({params.max_tokens})"
+            raise _bad_request(message, "min_tokens")
         return params
 
     def deadline(self, body: SamplingRequest) -> Deadline:
@@ -136,10 +146,18 @@ class ClientGone(Exception):
     """The client closed the connection before the answer was ready."""
 
 
+def _bad_request(message: str, param: str, code: str = "invalid_value") -> HTTPException:
+    return HTTPException(400, openai_error(message, param, code))
+
+
 def failure_response(failure: Failure) -> JSONResponse:
     kind = "invalid_request_error" if failure.status < 500 else "server_error"
+    # The client's own timeout ran out: the openai SDK would retry a 408 twice, tripling the work for nothing.
+    headers = {"x-should-retry": "false"} if failure.status == 408 else None
     return JSONResponse(
-        status_code=failure.status, content=openai_error(failure.message, failure.param, failure.code, kind)
+        status_code=failure.status,
+        content=openai_error(failure.message, failure.param, failure.code, kind),
+        headers=headers,
     )
 
 

@@ -1,24 +1,38 @@
 """OpenAI-compatible `/v1/embeddings` for the GPT: the mean of the last hidden state over the tokens, L2-normalised.
 
-A plain LitServe batched API: requests arriving together run as one padded forward pass. Texts longer than the
-context keep their first `context` tokens (the usage counts what was embedded). The same worker answers the jobs of
-/v1/attention and /v1/embeddings/map (service/inside.py puts them on this queue): it holds a copy of the GPT that is
-not the decoding engine, and a second copy in a process of its own would cost a worker's memory for no gain.
+A plain LitServe batched API: requests arriving together run as one padded forward pass. Inputs (texts or token
+ids) longer than the context keep their first `context` tokens (the usage counts what was embedded). The same worker
+answers the jobs of /v1/attention and /v1/embeddings/map (service/inside.py puts them on this queue): it holds a copy
+of the GPT that is not the decoding engine, and a second copy in a process of its own would cost a worker's memory
+for no gain.
 """
 
 # No `from __future__ import annotations`: LitServe reads decode_request's annotation unevaluated.
 
-from typing import Any
+from typing import Any, Literal
 
 import litserve as ls
 import torch
+from fastapi import HTTPException
 
 from model.gpt import encode, eot_id, load_gpt, load_tokenizer
 from service import metrics
 from service.batching import batched_loop
+from service.errors import openai_error
 from service.inside_worker import AttentionJob, GPTInside, InsideJob, InsideResponse, MapJob
-from service.schemas.completions import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from service.schemas.embeddings import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    encode_vector,
+)
+from service.schemas.inputs import out_of_vocabulary
 from service.settings import Settings
+
+Format = Literal["float", "base64"]
+Texts = tuple[list[str | list[int]], Format]  # a decoded /v1/embeddings request
+Vectors = tuple[list[list[float]], int, Format]  # its answer: vectors, tokens embedded, format
 
 
 def _observe_inside(kind: str, seconds: float) -> None:
@@ -41,21 +55,48 @@ class EmbeddingsAPI(ls.LitAPI):
         self.tok = load_tokenizer(self.settings.gpt_dir)
         self.eot = eot_id(self.tok)
         self.context = int(self.model.config.n_positions)
+        self.vocab = int(self.model.config.vocab_size)
+        self.width = int(self.model.config.n_embd)
         self.device = torch.device(device)
         self.inside = GPTInside(self.model, self.tok, self.settings.gpt_model_id, observe=_observe_inside)
 
+    def check_request(self, request: EmbeddingRequest | InsideJob) -> None:
+        """400 for what the schema cannot know: ids outside the vocabulary, a `dimensions` not the model's.
+
+        Also called by the batched loop before a request joins a batch, so that it fails alone. The inside
+        routes' jobs arrive already checked."""
+        if not isinstance(request, EmbeddingRequest):
+            return
+        bad = out_of_vocabulary(request.input, self.vocab, "input")
+        if bad is not None:
+            raise HTTPException(
+                400, openai_error(f"{bad}: token id outside the vocabulary (size {self.vocab})", bad, "invalid_value")
+            )
+        if request.dimensions is not None and request.dimensions != self.width:
+            raise HTTPException(
+                400,
+                openai_error(
+                    f"dimensions: this model's embeddings have {self.width} dimensions and cannot be shortened",
+                    "dimensions",
+                    "invalid_value",
+                ),
+            )
+
     # LitServe's own /v1/embeddings route validates its body against this annotation; the jobs of the inside
     # routes arrive on the same queue already checked.
-    def decode_request(self, request: EmbeddingRequest) -> list[str] | InsideJob:
+    def decode_request(self, request: EmbeddingRequest) -> Texts | InsideJob:
         item: EmbeddingRequest | InsideJob = request
-        return item.texts if isinstance(item, EmbeddingRequest) else item
+        if not isinstance(item, EmbeddingRequest):
+            return item
+        self.check_request(item)
+        return item.inputs, item.encoding_format
 
-    def batch(self, inputs: list[list[str] | InsideJob]) -> list[list[str] | InsideJob]:
+    def batch(self, inputs: list[Any]) -> list[Any]:
         return inputs
 
     @torch.inference_mode()
-    def embed(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
-        ids = [(encode(self.tok, t) or [self.eot])[: self.context] for t in texts]
+    def embed(self, inputs: list[str | list[int]]) -> tuple[torch.Tensor, list[int]]:
+        ids = [(encode(self.tok, t) if isinstance(t, str) else t)[: self.context] or [self.eot] for t in inputs]
         lengths = [len(i) for i in ids]
         width = max(lengths)
         input_ids = torch.full((len(ids), width), self.eot, dtype=torch.long)
@@ -69,14 +110,16 @@ class EmbeddingsAPI(ls.LitAPI):
         pooled = (hidden * m).sum(1) / m.sum(1)
         return torch.nn.functional.normalize(pooled, dim=-1).cpu(), lengths
 
-    def predict(self, batch: list[list[str] | InsideJob] | list[str] | InsideJob) -> list[Any] | Any:
-        if isinstance(batch, AttentionJob | MapJob) or (batch and isinstance(batch[0], str)):
+    def predict(self, batch: Any) -> Any:
+        """Decoded requests in, their answers out, a list of each when batched: texts become (vectors, tokens,
+        format); inside jobs become their responses."""
+        if isinstance(batch, tuple | AttentionJob | MapJob):
             # With max_batch_size=1 LitServe skips batch()/unbatch() and passes one decoded request.
-            return self.predict([batch])[0]  # type: ignore[list-item]
-        items: list[list[str] | InsideJob] = batch  # type: ignore[assignment]
+            return self.predict([batch])[0]
+        items: list[Texts | InsideJob] = batch
         out: list[Any] = [None] * len(items)
         jobs = [(i, x) for i, x in enumerate(items) if isinstance(x, AttentionJob | MapJob)]
-        texts = [(i, x) for i, x in enumerate(items) if isinstance(x, list)]
+        texts = [(i, x) for i, x in enumerate(items) if isinstance(x, tuple)]
         if jobs:
             for (i, _), answer in zip(jobs, self.inside.run([job for _, job in jobs]), strict=True):
                 out[i] = answer
@@ -85,27 +128,27 @@ class EmbeddingsAPI(ls.LitAPI):
                 out[i] = vectors
         return out
 
-    def _embed_requests(self, batch: list[list[str]]) -> list[tuple[list[list[float]], int]]:
-        flat = [t for texts in batch for t in texts]
+    def _embed_requests(self, batch: list[Texts]) -> list[Vectors]:
+        flat = [item for inputs, _ in batch for item in inputs]
         vectors, lengths = self.embed(flat)
         out, i = [], 0
-        for texts in batch:
-            n = len(texts)
-            out.append((vectors[i : i + n].tolist(), sum(lengths[i : i + n])))
+        for inputs, fmt in batch:
+            n = len(inputs)
+            out.append((vectors[i : i + n].tolist(), sum(lengths[i : i + n]), fmt))
             i += n
         return out
 
     def unbatch(self, output: list[Any]) -> list[Any]:
         return output
 
-    def encode_response(self, output: tuple[list[list[float]], int] | InsideResponse) -> EmbeddingResponse:
+    def encode_response(self, output: Vectors | InsideResponse) -> EmbeddingResponse:
         if not isinstance(output, tuple):
             # An inside job's answer is already its response; LitServe passes it back to service/inside.py, whose
             # routes declare their own response models (this annotation is only /v1/embeddings' one).
             return output  # type: ignore[return-value]
-        vectors, tokens = output
+        vectors, tokens, fmt = output
         return EmbeddingResponse(
-            data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
+            data=[Embedding(index=i, embedding=encode_vector(v, fmt)) for i, v in enumerate(vectors)],
             model=self.settings.gpt_model_id,
             usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
         )

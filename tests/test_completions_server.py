@@ -142,7 +142,7 @@ def test_n_and_prompt_lists_and_echo(base_url):
         ({"logprobs": 9}, "logprobs"),
         ({"n": 100}, "n"),
         ({"prompt": 12}, "prompt"),
-        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": ["a"] * 17}, "stop"),  # more than 16
     ],
 )
 def test_bad_values_are_4xx_naming_the_parameter(base_url, body, param):

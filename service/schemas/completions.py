@@ -1,4 +1,4 @@
-"""Wire schemas of the GPT endpoints: OpenAI completions, embeddings, models, and tokenize/detokenize.
+"""Wire schemas of the GPT endpoints: OpenAI completions, models, and tokenize/detokenize (embeddings: embeddings.py).
 
 Limits live here (`Field(ge=, le=)`), so a bad value is a 4xx naming the parameter before anything reaches a batch.
 Unknown parameters are ignored, as OpenAI-compatible servers do. The sampling fields every generation request shares
@@ -24,12 +24,17 @@ OPENAI_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for the legacy completions
 
 
 class CompletionRequest(SamplingRequest):
+    UNSUPPORTED = ("suffix",)
+
     prompt: str | list[str] = Field(description="A prompt, or a list of prompts (one choice set per prompt).")
     max_tokens: int | None = Field(
         default=None, ge=1, le=4096, description="New tokens per choice (bounded by the context); default 16."
     )
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+    # OpenAI's, not implemented: present so that a request setting them is refused by name (400).
+    suffix: str | None = Field(default=None, description="Not supported (400): the model cannot fill in the middle.")
+    best_of: int | None = Field(default=None, description="Only equal to n (or omitted); more is not supported (400).")
 
     @field_validator("prompt")
     @classmethod
@@ -46,6 +51,12 @@ class CompletionRequest(SamplingRequest):
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def refused_parameter(self) -> str | None:
+        # best_of == n asks for nothing beyond the n choices (vLLM accepts it too); more is not implemented.
+        if self.best_of is not None and self.best_of != self.n:
+            return "best_of"
+        return super().refused_parameter()
 
     def asked_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -166,47 +177,6 @@ class DetokenizeRequest(Lenient):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
-
-
-class EmbeddingRequest(Lenient):
-    model: str | None = None
-    input: str | list[str] = Field(description="A text or a list of texts (at most 64).")
-    encoding_format: Literal["float"] = "float"
-    user: str | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _check_input(cls, v: str | list[str]) -> str | list[str]:
-        texts = [v] if isinstance(v, str) else v
-        if not texts:
-            raise ValueError("input must not be an empty list")
-        if len(texts) > 64:
-            raise ValueError("at most 64 inputs per request")
-        if any(len(t) > MAX_PROMPT_CHARS for t in texts):
-            raise ValueError(f"an input is longer than {MAX_PROMPT_CHARS} characters")
-        return v
-
-    @property
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
-
-
-class Embedding(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float]
-
-
-class EmbeddingUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Embedding]
-    model: str
-    usage: EmbeddingUsage
 
 
 class ErrorBody(BaseModel):

@@ -19,9 +19,10 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.sampling import SamplingParams
+from service.schemas.controls import SamplingControls
 
 MAX_N = 8
-MAX_STOP = 4
+MAX_STOP = 16  # evaluation harnesses send the end-of-text string beside four or more of their own
 
 # OpenAI's defaults, used when neither the request nor the model folder sets a value.
 OPENAI_TEMPERATURE = 1.0
@@ -64,7 +65,7 @@ def _pick(asked: Any, server: Any, openai: Any) -> Any:
     return asked if asked is not None else server if server is not None else openai
 
 
-class SamplingRequest(Lenient):
+class SamplingRequest(SamplingControls, Lenient):
     model: str | None = Field(default=None, description="Model id from /v1/models; the GPT when omitted.")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="0 means greedy; default 1.")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling; default 1.")
@@ -134,6 +135,6 @@ class SamplingRequest(Lenient):
             top_p=_pick(self.top_p, defaults.top_p, OPENAI_TOP_P),
             # Each choice its own seed, so that n > 1 gives different samples, reproducibly.
             seed=None if self.seed is None else (self.seed + index) % 2**63,
-            stop_token_ids=stop_token_ids,
             logprobs=self.asked_logprobs(),
+            **self.control_params(stop_token_ids),
         )

@@ -1,0 +1,105 @@
+"""Embeddings in-process: token-id inputs, base64 vectors, `dimensions`, and a bad request failing alone."""
+
+import base64
+import struct
+import time
+from queue import Queue
+from typing import Any
+
+import pytest
+import torch
+from fastapi import HTTPException
+from litserve.utils import LitAPIStatus
+from pydantic import ValidationError
+
+from model.gpt import encode
+from service.batching import QuietBatchedLoop
+from service.embeddings import EmbeddingsAPI
+from service.schemas.embeddings import EmbeddingRequest
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def api() -> EmbeddingsAPI:
+    embeddings = EmbeddingsAPI(Settings())
+    embeddings.setup("cpu")
+    return embeddings
+
+
+def answer(api: EmbeddingsAPI, body: dict[str, Any]) -> dict[str, Any]:
+    """One request through the API's own hooks, as LitServe runs them with max_batch_size 1."""
+    request = EmbeddingRequest.model_validate(body)
+    return api.encode_response(api.predict(api.decode_request(request))).model_dump()
+
+
+def vectors(response: dict[str, Any]) -> list[Any]:
+    return [d["embedding"] for d in response["data"]]
+
+
+def test_base64_decodes_to_the_float_vectors(api):
+    texts = ["to be or not to be", "the king is dead"]
+    floats = vectors(answer(api, {"input": texts}))
+    encoded = vectors(answer(api, {"input": texts, "encoding_format": "base64"}))
+    assert all(isinstance(e, str) for e in encoded)
+    decoded = [list(struct.unpack(f"<{len(f)}f", base64.b64decode(e))) for e, f in zip(encoded, floats, strict=True)]
+    assert decoded == floats and len(floats[0]) == api.width
+
+
+def test_token_id_inputs_embed_as_their_text(api):
+    texts = ["to be or not to be", "the king is dead"]
+    ids = [encode(api.tok, t) for t in texts]
+    by_text = answer(api, {"input": texts})
+    torch.testing.assert_close(torch.tensor(vectors(answer(api, {"input": ids}))), torch.tensor(vectors(by_text)))
+    single = answer(api, {"input": ids[0]})
+    torch.testing.assert_close(torch.tensor(vectors(single)), torch.tensor(vectors(by_text)[:1]))
+    assert single["usage"]["prompt_tokens"] == len(ids[0])
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [5, 10**6, 2]}, "input.1"),
+        ({"input": [[5, 6], [7, 8, 10**6]]}, "input.1.2"),
+        ({"input": "x", "dimensions": 7}, "dimensions"),
+    ],
+)
+def test_what_the_schema_cannot_know_is_a_400_naming_it(api, body, param):
+    with pytest.raises(HTTPException) as err:
+        api.decode_request(EmbeddingRequest.model_validate(body))
+    detail: Any = err.value.detail
+    assert err.value.status_code == 400 and detail["error"]["param"] == param
+
+
+def test_dimensions_equal_to_the_width_is_accepted(api):
+    assert len(vectors(answer(api, {"input": "x", "dimensions": api.width}))[0]) == api.width
+
+
+@pytest.mark.parametrize(
+    "body", [{"input": []}, {"input": [[]]}, {"input": [1, -2]}, {"input": "x", "encoding_format": "int8"}]
+)
+def test_schema_refuses_malformed_inputs(body):
+    with pytest.raises(ValidationError):
+        EmbeddingRequest.model_validate(body)
+
+
+class RecordingLoop(QuietBatchedLoop):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, Any, LitAPIStatus]] = []
+
+    def put_response(self, transport: Any, response_queue_id: int, uid: str, data: Any, status: Any, kind: Any) -> None:
+        self.sent.append((uid, data, status))
+
+
+def test_a_bad_request_fails_alone_before_its_batch(api):
+    queue: Queue[Any] = Queue()
+    good = EmbeddingRequest.model_validate({"input": "a"})
+    bad = EmbeddingRequest.model_validate({"input": [1, 10**6]})
+    for uid, request in (("good", good), ("bad", bad), ("good2", good)):
+        queue.put((0, uid, time.monotonic(), request))
+    loop = RecordingLoop()
+    api.request_timeout = 60.0  # LitServer sets it when it starts the worker
+    payloads, timed_out = loop.get_batch_requests(api, queue, transport=None)  # type: ignore[arg-type]
+    assert [uid for _, uid, _ in payloads] == ["good", "good2"] and timed_out == []
+    errors = [(uid, data.status_code) for uid, data, status in loop.sent if status == LitAPIStatus.ERROR]
+    assert errors == [("bad", 400)]
