@@ -199,7 +199,10 @@ def plain_forward(network: PixelNetwork, pixels: list[float]) -> list[list[float
 WORKER_CHECKS = """
 import json, sys
 from model.gpt import encode
+from service.classify import ClassifyAPI, PixelInput
+from service.embeddings import EmbeddingsAPI
 from service.inside_worker import AttentionJob
+from service.schemas.completions import EmbeddingRequest, EmbeddingResponse
 from service.settings import Settings
 
 pixels = json.loads(sys.argv[1])
