@@ -202,7 +202,7 @@ from model.gpt import encode
 from service.classify import ClassifyAPI, PixelInput
 from service.embeddings import EmbeddingsAPI
 from service.inside_worker import AttentionJob
-from service.schemas.completions import EmbeddingRequest, EmbeddingResponse
+from service.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 from service.settings import Settings
 
 pixels = json.loads(sys.argv[1])
@@ -266,8 +266,8 @@ def test_classify_explain_equals_a_plain_forward(worker_checks):
 def test_the_embeddings_worker_answers_texts_and_jobs_in_one_batch(worker_checks):
     assert worker_checks["answer_passes_through"] and worker_checks["attention"][0][0][0] == [1.0]
     assert worker_checks["is_embedding_response"]
-    (mixed, tokens), (alone, alone_tokens) = worker_checks["mixed"], worker_checks["alone"]
-    assert tokens == alone_tokens and len(mixed) == 2
+    (mixed, tokens, fmt), (alone, alone_tokens, _) = worker_checks["mixed"], worker_checks["alone"]
+    assert tokens == alone_tokens and len(mixed) == 2 and fmt == "float"
     for mine, ref in zip(mixed, alone, strict=True):  # the same vectors with or without the job beside them
         assert mine == pytest.approx(ref, abs=1e-5)
 
