@@ -84,9 +84,7 @@ def python_env(site: Path | None) -> dict[str, str]:
     paths = [str(p) for p in (site, REPO) if p is not None]
     if os.environ.get("PYTHONPATH"):
         paths.append(os.environ["PYTHONPATH"])
-    # Each step makes its own metrics folder rather than share the caller's (a test run's).
-    inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    return {**inherited, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
 
 
 def install_wheels(wheels: Path) -> tuple[Path | None, str]:

@@ -1,9 +1,9 @@
 """Muon (momentum, then Newton-Schulz orthogonalisation) for 2-D weights, in the parameters' own dtype.
 
-`torch.optim.Muon` runs its Newton-Schulz iterations in bf16 whatever the parameter's dtype: on a CPU without bf16
-units that made one optimiser step of this GPT take 3.4 s against 2.1 s for the whole forward and backward. This is
-the same algorithm (Keller Jordan's, the quintic coefficients and Moonshot's AdamW-matching scale that torch offers
-as `adjust_lr_fn="match_rms_adamw"`) with the iterations in fp32 on the CPU and bf16 on CUDA.
+`torch.optim.Muon` runs its Newton-Schulz iterations in bf16 whatever the parameter's dtype, which is slower than the
+whole forward and backward on a CPU without bf16 units (docs/training.md). This is the same algorithm (Keller
+Jordan's quintic coefficients, Moonshot's AdamW-matching scale as torch's `adjust_lr_fn="match_rms_adamw"`) with the
+iterations in fp32 on the CPU and bf16 on CUDA.
 """
 
 from __future__ import annotations

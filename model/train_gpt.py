@@ -1,9 +1,10 @@
 """Train the tokenizer and the small GPT on Shakespeare, then write the shipped folder (`python -m model.train_gpt`).
 
-AdamW with warm-up and a cosine decay, gradient clipping, a fixed seed, periodic held-out evaluation, a resumable
-checkpoint, and a step or wall-time budget. With `--max-steps` the run is deterministic for its seed; with `--minutes`
-the cosine schedule follows wall time, so a run on a shared, noisy machine still ends on time with a fully decayed
-learning rate (its step count then depends on the machine's speed and is written to the model card).
+Muon for the blocks' matrices and AdamW for the rest (or AdamW alone), warm-up then warmup-stable-decay (or cosine),
+gradient clipping, a fixed seed, periodic held-out evaluation, a resumable checkpoint, and a step or wall-time budget.
+With `--max-steps` the run is deterministic for its seed; with `--minutes` the schedule follows wall time, so a run on
+a shared, noisy machine still ends on time with a fully decayed learning rate (its step count then depends on the
+machine's speed and is written to the model card). What was tried and measured: docs/training.md.
 """
 
 from __future__ import annotations
