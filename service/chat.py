@@ -61,16 +61,12 @@ class Chat:
             param, why = refused
             raise HTTPException(400, openai_error(why, param, "unsupported_parameter"))
         prompt_ids = self.gpt.prompt_ids(self.render(body.messages), param="messages")
-        return [
-            Choice(
-                index=i,
-                prompt_ids=prompt_ids,
-                params=self.gpt.params(body, prompt_ids, i),
-                text=SpeechStream(self.gpt.tok, body.stops),
-                logprobs=[] if body.logprobs else None,
-            )
-            for i in range(body.n)
-        ]
+        choices = []
+        for i in range(body.n):
+            params = self.gpt.params(body, prompt_ids, i)
+            text = SpeechStream(self.gpt.tok, body.stops, params.min_tokens)
+            choices.append(Choice(i, prompt_ids, params, text, logprobs=[] if body.logprobs else None))
+        return choices
 
     async def create(self, body: ChatCompletionRequest, request: Request) -> Any:
         self.gpt.check_model(body.model)

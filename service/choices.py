@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import Request
 from transformers import GPT2Config, PreTrainedTokenizerFast
 
-from model.gpt import decode, encode, eot_id, load_tokenizer
+from model.engine import PromptLogprob
+from model.gpt import decode, encode, eot_id, load_tokenizer, token_bytes
 from model.sampling import SamplingParams
 from service.errors import error_content, openai_error
 from service.gpt_client import Deadline, GenerateClient, Generation, GenerationFailed, WorkerUnavailable
@@ -57,10 +58,14 @@ class ServedGPT:
                 openai_error(f"The model '{model}' does not exist.", "model", "model_not_found", "not_found_error"),
             )
 
-    def prompt_ids(self, prompt: str, param: str = "prompt") -> list[int]:
-        """The prompt's token ids, or a 400 naming `param` when it leaves no room to generate."""
-        ids = encode(self.tok, prompt) or [self.eot_id]  # an empty prompt starts from the separator, as GPT-2's
-        if len(ids) >= self.context_length:
+    def prompt_ids(self, prompt: str | list[int], param: str = "prompt", room: int = 1) -> list[int]:
+        """The prompt's token ids (a text is tokenized, ids are taken as they are), or a 400 naming `param` when it
+        leaves fewer than `room` tokens of the context (0: a prompt only scored may fill it)."""
+        if isinstance(prompt, str):
+            ids = encode(self.tok, prompt) or [self.eot_id]  # an empty prompt starts from the separator, as GPT-2's
+        else:
+            ids = list(prompt)
+        if len(ids) > self.context_length - room:
             raise HTTPException(
                 400,
                 openai_error(
@@ -106,14 +111,24 @@ class ServedGPT:
 
 @dataclass
 class TokenLogprob:
-    """One generated token as logprobs report it: its text, log-probability, best alternatives, and where it starts
-    in the choice's text."""
+    """One token as logprobs report it: its text, log-probability, best alternatives, and where it starts in the
+    choice's text (a prompt token: in the prompt's). A prompt's first token has no logprob: nothing came before."""
 
     id: int
     text: str
     logprob: float | None
     top: list[tuple[int, str, float]]  # (token id, text, logprob), best first
     offset: int
+
+
+def char_offsets(tok: PreTrainedTokenizerFast, ids: list[int]) -> list[int]:
+    """Where each token's text starts, in characters of the decoded text: a token that begins inside a character
+    (byte-level BPE splits some) starts where that character does."""
+    offsets, data = [], b""
+    for token_id in ids:
+        offsets.append(len(data.decode("utf-8", "ignore")))
+        data += token_bytes(tok, token_id)
+    return offsets
 
 
 @dataclass(eq=False)
@@ -123,7 +138,9 @@ class Choice:
     params: SamplingParams
     text: TextStream
     logprobs: list[TokenLogprob] | None = None  # None when not asked for
+    prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's, when asked for: on the first token event
     held: list[TokenLogprob] = field(default_factory=list)  # of tokens whose text is held back
+    logprob_sum: float = 0.0  # of the generated tokens that came with a logprob (best_of ranks by the mean)
     generation: Generation | None = None
     finish_reason: FinishReason | None = None
     tokens: int = 0  # generated, end-of-text included
@@ -136,6 +153,7 @@ class Step:
     choice: Choice
     delta: str
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt: list[TokenLogprob] | None = None  # the prompt's logprobs, on the choice's first step when asked for
 
     @property
     def finish_reason(self) -> FinishReason | None:
@@ -266,7 +284,7 @@ class ChoiceRun:
             if choice.text.stopped and token.finish is None:
                 assert choice.generation is not None
                 choice.generation.close()  # a stop string ended it: free the batch slot now
-            if step.delta or step.logprobs or choice.finish_reason is not None:
+            if step.delta or step.logprobs or step.prompt is not None or choice.finish_reason is not None:
                 yield step
 
     async def collect(self, request: Request | None) -> None:
@@ -291,6 +309,10 @@ class ChoiceRun:
     def _apply(self, choice: Choice, token: Token) -> Step:
         """Fold one token event into its choice."""
         step = Step(choice, "")
+        if token.prompt is not None and choice.logprobs is not None:
+            choice.prompt_logprobs = step.prompt = self._prompt_records(choice.prompt_ids, token.prompt)
+        if token.logprob is not None:
+            choice.logprob_sum += token.logprob
         if token.token is not None:
             choice.tokens += 1
             if token.token != self.eot_id:  # end-of-text counts as generated but is never printed
@@ -319,6 +341,16 @@ class ChoiceRun:
             choice.held = [] if choice.finish_reason is not None else choice.held[len(step.logprobs) :]
             choice.logprobs.extend(step.logprobs)
         return step
+
+    def _prompt_records(self, ids: list[int], scores: list[PromptLogprob]) -> list[TokenLogprob]:
+        """The prompt's tokens as logprobs report them; the engine scores each one but the first."""
+        texts = [decode(self.tok, [t]) for t in ids]
+        offsets = char_offsets(self.tok, ids)
+        records = [TokenLogprob(ids[0], texts[0], None, [], 0)]
+        for i, (logprob, top) in enumerate(scores, 1):
+            alternatives = [(t, decode(self.tok, [t]), lp) for t, lp in top]
+            records.append(TokenLogprob(ids[i], texts[i], logprob, alternatives, offsets[i]))
+        return records
 
     async def _events(self) -> AsyncIterator[tuple[Choice, Token]]:
         """Token events of all choices, merged in arrival order."""

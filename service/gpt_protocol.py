@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
+from model.engine import PromptLogprob
 from model.sampling import SamplingParams
 
 # Why a sequence left the engine ("cancelled": the API server asked, or the client went away).
@@ -38,13 +39,15 @@ class Cancel(NamedTuple):
 
 
 class Token(NamedTuple):
-    """One generated token of `uid` (None only when a cancel ended it), and `finish` on its last one."""
+    """One generated token of `uid` (None when a cancel ended it, or when the prompt was only scored), and `finish`
+    on its last one. The first Token of a request that asked for prompt log-probabilities carries them."""
 
     uid: str
     token: int | None
     logprob: float | None  # the chosen token's log-probability, when asked for
     top: list[tuple[int, float]] | None  # the most likely (token id, logprob) pairs, best first, when asked for
     finish: FinishReason | None
+    prompt: list[PromptLogprob] | None = None  # one entry per prompt token but the first
 
 
 class Failure(NamedTuple):

@@ -161,7 +161,7 @@ class EngineLoop(LitLoop):
             if queue_id is not None:
                 finish = cast(FinishReason | None, ev.finish_reason)  # the engine's reasons are the wire's
                 outbox.setdefault(queue_id, []).append(
-                    Token(ev.request_id, ev.token_id, ev.logprob, ev.top_logprobs, finish)
+                    Token(ev.request_id, ev.token_id, ev.logprob, ev.top_logprobs, finish, ev.prompt_logprobs)
                 )
 
     def _send_failure(self, outbox: Outbox, failure: Failure) -> None:

@@ -16,14 +16,17 @@ class TextStream:
     """Feeds one choice's token ids and hands back the text that is safe to send.
 
     Text is held back while it ends in an incomplete UTF-8 character, or in something that may be the start of a
-    stop string; a stop string found across token boundaries ends the text just before it.
+    stop string; a stop string found across token boundaries ends the text just before it. Before `min_tokens`
+    tokens no stop string ends it (as vLLM): one completed earlier is part of the text.
     Byte-level BPE decodes by concatenating bytes, so only the tokens not yet turned into whole characters are
     decoded at each step: the cost per token stays constant instead of growing with the sequence.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: list[str]) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: list[str], min_tokens: int = 0) -> None:
         self._tok = tokenizer
         self._stops = stops
+        self._min_tokens = min_tokens
+        self._pushed = 0
         self._max_stop = max((len(s) for s in stops), default=0)
         self._pending: list[int] = []  # tokens whose bytes do not yet end on a character boundary
         self._decoded = ""  # whole characters decoded so far
@@ -39,13 +42,14 @@ class TextStream:
         """Add a token; return the new text that is safe to send (possibly empty)."""
         if self.stopped:
             return ""
+        self._pushed += 1
         self._pending.append(token_id)
         piece = decode(self._tok, self._pending)
         if piece.endswith(_PARTIAL):
             return ""  # wait for the rest of the character
         self._pending.clear()
         self._decoded += piece
-        cut = self._stop_at()
+        cut = self._stop_at() if self._pushed >= self._min_tokens else None
         if cut is not None:
             self.stopped = True
             return self._hand_out(cut)

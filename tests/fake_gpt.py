@@ -37,6 +37,7 @@ class ScriptedWorker:
     per_step: int = 1
     step_seconds: float = 0.0
     fail_after: int | None = None  # tokens sent before a Failure (an engine error mid-stream)
+    logprob_of: Callable[[Submit], float] = lambda _: -0.5  # every token's logprob, given the request
     submitted: list[Submit] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
@@ -65,10 +66,17 @@ class ScriptedWorker:
         if isinstance(answer, Failure):
             self._inbox.put_nowait([answer._replace(uid=message.uid)])
             return
-        ids = encode(self.tok, answer)[: message.params.max_tokens]
-        finish: FinishReason = "length" if len(ids) == message.params.max_tokens else "stop"
+        params = message.params
+        # Scored prompts as the engine scores them: each token but the first, -1 and the token itself as the top one.
+        prompt = None if params.prompt_logprobs is None else [(-1.0, [(t, -1.0)]) for t in message.prompt_ids[1:]]
+        if params.max_tokens == 0:
+            self._inbox.put_nowait([Token(message.uid, None, None, None, "length", prompt)])
+            return
+        ids = encode(self.tok, answer)[: params.max_tokens]
+        finish: FinishReason = "length" if len(ids) == params.max_tokens else "stop"
         if finish == "stop":
             ids.append(self.eot_id)
+        value = self.logprob_of(message)
         for start in range(0, len(ids), self.per_step):
             await asyncio.sleep(self.step_seconds)
             if message.uid in self._stopped:
@@ -80,9 +88,11 @@ class ScriptedWorker:
             batch: list[Token] = []
             for i, token in enumerate(ids[start : start + self.per_step], start):
                 last = i == len(ids) - 1
-                top = [(token, -0.5), (self.eot_id, -1.5)] if message.params.logprobs else None
-                logprob = -0.5 if message.params.logprobs is not None else None
-                batch.append(Token(message.uid, token, logprob, top, finish if last else None))
+                top = [(token, value), (self.eot_id, -1.5)] if params.logprobs else None
+                logprob = value if params.logprobs is not None else None
+                batch.append(
+                    Token(message.uid, token, logprob, top, finish if last else None, prompt if i == 0 else None)
+                )
             if batch[-1].finish is not None:
                 self._stopped.add(message.uid)
             self._inbox.put_nowait(list[StepItem](batch))

@@ -68,7 +68,6 @@ def test_values_out_of_range_are_a_422_naming_them(body, param):
     ("body", "param"),
     [
         ({"suffix": "end"}, "suffix"),
-        ({"best_of": 3}, "best_of"),
         ({"logit_bias": {"5": 1, "100000": 1}}, "logit_bias.100000"),
         ({"min_tokens": 5}, "min_tokens"),  # more than max_tokens (4)
     ],
@@ -76,7 +75,7 @@ def test_values_out_of_range_are_a_422_naming_them(body, param):
 def test_what_cannot_be_served_is_a_400_naming_it(body, param):
     status, answer, params = post(body)
     assert status == 400 and answer["error"]["param"] == param and params == []
-    if param in ("suffix", "best_of"):
+    if param == "suffix":
         assert "not supported" in answer["error"]["message"]
 
 

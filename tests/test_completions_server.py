@@ -227,3 +227,38 @@ def test_streaming_several_choices_interleaves_them_by_index(base_url):
     assert texts[0] == texts[1] and texts[2] == texts[3]
     alone = complete(base_url, prompt="KING.", max_tokens=5, temperature=0).json()["choices"][0]["text"]
     assert texts[2] == alone
+
+
+def test_scoring_a_continuation_and_a_passage_matches_a_plain_forward(base_url):
+    """What an evaluation harness does through the API: echo + logprobs with max_tokens 0, read against the
+    shipped model's own forward."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from model.gpt import GPT_DIR, encode, load_tokenizer
+
+    context, continuation = "ROMEO.\nWhat light through yonder", " window breaks?"
+    tok = load_tokenizer()
+    ids = encode(tok, context + continuation)
+    n_context = len(encode(tok, context))
+    assert encode(tok, context) == ids[:n_context]  # the continuation starts on a token boundary
+    r = httpx.post(
+        f"{base_url}/v1/completions",
+        json={"prompt": context + continuation, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    lp = choice["logprobs"]
+    assert choice["text"] == context + continuation and choice["finish_reason"] == "length"
+    assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None
+
+    model = GPT2LMHeadModel.from_pretrained(GPT_DIR, local_files_only=True).eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    expected = [ref[t - 1, ids[t]].item() for t in range(1, len(ids))]
+    assert abs(sum(lp["token_logprobs"][n_context:]) - sum(expected[n_context - 1 :])) < 1e-4
+    assert abs(sum(lp["token_logprobs"][1:]) - sum(expected)) < 1e-4
+    greedy = [ref[t - 1].argmax().item() == ids[t] for t in range(n_context, len(ids))]
+    pairs = zip(lp["top_logprobs"][n_context:], lp["tokens"][n_context:], strict=True)
+    assert [max(top, key=top.get) == text for top, text in pairs] == greedy

@@ -80,3 +80,14 @@ def test_a_speech_ends_at_a_blank_line_or_a_new_heading(tok, text, speech, ended
         deltas.append(stream.finish())
     assert "".join(deltas) == stream.text == speech
     assert stream.stopped is ended
+
+
+def test_no_stop_string_ends_the_text_before_min_tokens(tok):
+    text = "to be or not to be. the cat"
+    ids = tok.encode(text, add_special_tokens=False)
+    first_be = len(tok.encode("to be", add_special_tokens=False))
+    stream = TextStream(tok, ["be"], min_tokens=first_be + 1)  # the first "be" comes one token too early
+    deltas = [stream.push(t) for t in ids]
+    assert stream.stopped and "".join(deltas) == "to be or not to "
+    eager = TextStream(tok, ["be"])
+    assert "".join(eager.push(t) for t in ids) == "to "

@@ -15,48 +15,69 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from model.sampling import MAX_LOGPROBS
+from service.schemas.inputs import TextOrIds, check_inputs, split_inputs
 from service.schemas.sampling import Lenient, SamplingRequest
 
 # Hard caps that hold whatever the model: the model's context bounds prompt + max_tokens at admission.
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 32_768
+MAX_PROMPT_TOKENS = 65_536  # longer than any context: the server answers with the context it has (a 400)
+MAX_BEST_OF = 20  # OpenAI's bound
 OPENAI_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for the legacy completions API
 
 
 class CompletionRequest(SamplingRequest):
     UNSUPPORTED = ("suffix",)
 
-    prompt: str | list[str] = Field(description="A prompt, or a list of prompts (one choice set per prompt).")
+    prompt: TextOrIds = Field(
+        description=f"A prompt as text or token ids, or a list of either (at most {MAX_PROMPTS}): a choice set each."
+    )
     max_tokens: int | None = Field(
-        default=None, ge=1, le=4096, description="New tokens per choice (bounded by the context); default 16."
+        default=None,
+        ge=0,
+        le=4096,
+        description="New tokens per choice (bounded by the context); default 16. 0 only with echo: score the prompt.",
     )
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
-    echo: bool = False
-    # OpenAI's, not implemented: present so that a request setting them is refused by name (400).
+    echo: bool = Field(default=False, description="Return the prompt before the completion (and its logprobs).")
+    best_of: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_BEST_OF,
+        description="Generate this many choices per prompt and return the n of highest mean token logprob.",
+    )
+    # OpenAI's, not implemented: present so that a request setting it is refused by name (400).
     suffix: str | None = Field(default=None, description="Not supported (400): the model cannot fill in the middle.")
-    best_of: int | None = Field(default=None, description="Only equal to n (or omitted); more is not supported (400).")
 
     @field_validator("prompt")
     @classmethod
-    def _check_prompt(cls, v: str | list[str]) -> str | list[str]:
-        prompts = [v] if isinstance(v, str) else v
-        if not prompts:
-            raise ValueError("prompt must not be an empty list")
-        if len(prompts) > MAX_PROMPTS:
-            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
-        if any(len(p) > MAX_PROMPT_CHARS for p in prompts):
-            raise ValueError(f"a prompt is longer than {MAX_PROMPT_CHARS} characters")
+    def _check_prompt(cls, v: TextOrIds) -> TextOrIds:
+        check_inputs(v, "prompt", MAX_PROMPTS, MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS)
         return v
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        return split_inputs(self.prompt)
 
-    def refused_parameter(self) -> str | None:
-        # best_of == n asks for nothing beyond the n choices (vLLM accepts it too); more is not implemented.
-        if self.best_of is not None and self.best_of != self.n:
-            return "best_of"
-        return super().refused_parameter()
+    @property
+    def candidates(self) -> int:
+        """Choices generated per prompt: best_of of them compete for the n returned."""
+        return self.best_of or self.n
+
+    @property
+    def scores_prompt(self) -> bool:
+        """The prompt's own tokens get logprobs (echo with logprobs), or are all the request asks for (max_tokens 0)."""
+        return self.echo and (self.logprobs is not None or self.max_tokens == 0)
+
+    def conflict(self) -> tuple[str, str] | None:
+        """The parameter whose value the others rule out, and why (a 400), or None."""
+        if self.max_tokens == 0 and not self.echo:
+            return "max_tokens", "max_tokens may be 0 only with echo (to score the prompt)"
+        if self.best_of is not None and self.best_of < self.n:
+            return "best_of", f"best_of ({self.best_of}) must be at least n ({self.n})"
+        if self.best_of is not None and self.best_of > self.n and self.stream:
+            return "best_of", "best_of greater than n cannot be streamed"
+        return None
 
     def asked_max_tokens(self) -> int | None:
         return self.max_tokens
