@@ -101,6 +101,22 @@ class WorkerEnd:
         self._ctx.destroy(linger=0)
 
 
+def broadcast(address: ChannelAddress, item: WorkerRequest) -> None:
+    """Send `item` to every GPT worker from a process with no end of its own (the main process's supervisor)."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    # Kept until the context goes: a socket collected earlier would close at once, dropping what it holds.
+    socks = [_socket(ctx, zmq.PUSH) for _ in range(address.workers)]
+    try:
+        for worker, sock in enumerate(socks):
+            sock.connect(address.requests(worker))
+            try:
+                sock.send_pyobj(item, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                logger.error("GPT worker %d is not taking messages; one was dropped", worker)
+    finally:
+        ctx.destroy(linger=1000)  # a one-off sender: give the message a moment to leave before closing
+
+
 class ServerEnd:
     """An API server's side, used from its event loop only."""
 

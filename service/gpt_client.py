@@ -201,5 +201,5 @@ class GPTClient:
         while self.drain is None or not self.drain.failed:
             await asyncio.sleep(WATCH_SECONDS)
         for generation in list(self._open.values()):
-            message = "the model worker died; the server is restarting"
+            message = "a server process died; the server is restarting"
             generation.interrupt(Failure(generation.uid, 503, "worker_died", message))

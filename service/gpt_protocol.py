@@ -1,6 +1,7 @@
 """The GPT's wire protocol: every message between an API server and a GPT worker, defined once, typed.
 
     API server --Submit / Cancel--> GPT worker      (service/gpt_client.py sends, service/gpt_worker.py reads)
+    main process --ServerGone--> GPT worker          (service/supervisor.py: an API server died)
     GPT worker --list[Token | Failure]--> API server (one list per API server per engine phase: a "step message")
 
 A request ends with exactly one of: a `Token` whose `finish` is set, or a `Failure`. Nothing else ends it on the
@@ -38,6 +39,13 @@ class Cancel(NamedTuple):
     uid: str
 
 
+class ServerGone(NamedTuple):
+    """From the main process (service/supervisor.py): API server `queue_id` died; cancel every request it sent,
+    and drop any that still arrive from it (nobody reads their tokens)."""
+
+    queue_id: int
+
+
 class Token(NamedTuple):
     """One generated token of `uid` (None when a cancel ended it, or when the prompt was only scored), and `finish`
     on its last one. The first Token of a request that asked for prompt log-probabilities carries them."""
@@ -60,5 +68,5 @@ class Failure(NamedTuple):
     param: str | None = None  # the request parameter at fault, if any
 
 
-WorkerRequest = Submit | Cancel
+WorkerRequest = Submit | Cancel | ServerGone
 StepItem = Token | Failure

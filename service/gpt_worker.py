@@ -37,8 +37,8 @@ from litserve.transport.base import MessageTransport
 from model.engine import AdmissionError, Engine, TokenEvent
 from model.gpt import load_gpt
 from service import metrics
-from service.gpt_channel import ChannelAddress, WorkerEnd
-from service.gpt_protocol import Cancel, Failure, FinishReason, StepItem, Token
+from service.gpt_channel import ChannelAddress, WorkerEnd, broadcast
+from service.gpt_protocol import Cancel, Failure, FinishReason, ServerGone, StepItem, Token
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class EngineLoop(LitLoop):
         self._arrivals: dict[str, float] = {}  # uid -> arrival at the API server (monotonic: one clock on a host)
         self._last_token: dict[str, float] = {}
         self._refused: list[tuple[str, str]] = []  # (uid, why): refused at admission, answered by the engine thread
+        self._dead_servers: set[int] = set()  # queue ids of API servers that died (the intake thread's)
 
     def pre_setup(self, lit_api: ls.LitAPI, spec: LitSpec | None = None) -> None:
         if not isinstance(lit_api, GPTAPI):
@@ -105,6 +106,11 @@ class EngineLoop(LitLoop):
                 if isinstance(item, Cancel):
                     api.engine.cancel(item.uid)
                     continue
+                if isinstance(item, ServerGone):
+                    self._drop_server(api.engine, item.queue_id)
+                    continue
+                if item.queue_id in self._dead_servers:
+                    continue  # sent just before its API server died, read after: nobody waits for it
                 self._routes[item.uid] = item.queue_id
                 self._arrivals[item.uid] = item.arrival
                 try:
@@ -117,6 +123,16 @@ class EngineLoop(LitLoop):
                 self._wake.set()
             except Exception:  # one unreadable item must not stop the intake
                 logger.exception("GPT intake failed on an item")
+
+    def _drop_server(self, engine: Engine, queue_id: int) -> None:
+        """Cancel every request of a dead API server: its slots go to live clients at the next step."""
+        self._dead_servers.add(queue_id)
+        # list() copies the dict in one step: the engine thread removes finished routes meanwhile.
+        uids = [uid for uid, q in list(self._routes.items()) if q == queue_id]
+        for uid in uids:
+            engine.cancel(uid)
+        self._wake.set()
+        logger.warning("API server %d is gone: cancelled its %d open requests", queue_id, len(uids))
 
     # ---- engine thread ------------------------------------------------------------------------------------------
 
@@ -199,6 +215,11 @@ class EngineLoop(LitLoop):
             metrics.GPT_DECODE_BATCH_SIZE.observe(tokens)
         metrics.GPT_RUNNING.set(engine.num_active)
         metrics.GPT_WAITING.set(engine.num_waiting)
+
+
+def announce_server_gone(address: ChannelAddress, queue_id: int) -> None:
+    """Tell every GPT worker that API server `queue_id` died (called by the main process's supervisor)."""
+    broadcast(address, ServerGone(queue_id))
 
 
 class GPTAPI(ls.LitAPI):

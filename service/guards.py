@@ -100,10 +100,10 @@ class Guard:
             await self.app(scope, receive, send)
             return
         if self.drain.active or self.drain.failed:
-            # SIGTERM, or a dead worker: health says so (the orchestrator stops routing here, or restarts us) and
-            # new work goes elsewhere.
+            # SIGTERM, or a dead child process: health says so (the orchestrator stops routing here, or restarts
+            # us) and new work goes elsewhere.
             metrics.REJECTED.labels(self._label(path), "shutting_down").inc()
-            why = "a model worker died; the server is restarting" if self.drain.failed else "server shutting down"
+            why = "a server process died; the server is restarting" if self.drain.failed else "server shutting down"
             await _reply(
                 send,
                 503,

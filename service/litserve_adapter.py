@@ -7,6 +7,7 @@ id LitServe writes onto a spec before forking each API server is a public attrib
 from __future__ import annotations
 
 import multiprocessing as mp
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import litserve as ls
@@ -27,9 +28,14 @@ def devices_count(accelerator: str) -> int:
     return devices if isinstance(devices, int) else len(devices)
 
 
-def gpt_workers(server: ls.LitServer, api_path: str) -> int:
+def worker_count(server: ls.LitServer, api_path: str) -> int:
     """Workers LitServe will start for `api_path` (`_inference_workers_config_for_api`)."""
     return len(server._inference_workers_config_for_api(api_path))
+
+
+def api_paths(server: ls.LitServer) -> list[str]:
+    """Every API's path, in the order LitServe starts their workers (`litapi_connector`, iterated by `run`)."""
+    return [api.api_path for api in server.litapi_connector]
 
 
 def watch_workers_ourselves(server: ls.LitServer) -> None:
@@ -45,3 +51,16 @@ def shutdown_event(server: ls.LitServer) -> Any | None:
 def inference_workers(server: ls.LitServer) -> list[mp.Process]:
     """The worker processes LitServe has started (`inference_workers`, set in `run`)."""
     return list(getattr(server, "inference_workers", []))
+
+
+class KeepsAPIServers(ls.LitServer):
+    """A LitServer that keeps the API-server processes it forks (`_start_server` returns them to `run`, which
+    keeps them in a local variable only), so that the main process can watch them."""
+
+    api_servers: list[BaseProcess]  # index = the server's response queue id; empty until they are forked
+
+    def _start_server(self, *args: Any, **kwargs: Any) -> dict[int, Any]:
+        servers: dict[int, Any] = super()._start_server(*args, **kwargs)
+        # Threads, when LitServe is told to run its API servers as threads, die with the main process anyway.
+        self.api_servers = [servers[i] for i in sorted(servers) if isinstance(servers[i], BaseProcess)]
+        return servers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -15,21 +16,21 @@ import torch
 from fastapi.middleware.cors import CORSMiddleware
 
 from model.gpt import pick_dtype
-from service import metrics
+from service import metrics, supervisor
 from service.classify import ClassifyAPI
 from service.embeddings import EmbeddingsAPI
 from service.errors import install_error_handlers
 from service.gpt_channel import ChannelAddress
 from service.gpt_spec import GPTSpec
-from service.gpt_worker import GPTAPI
+from service.gpt_worker import GPTAPI, announce_server_gone
 from service.guards import Drain, Guard
 from service.inside import add_inside_routes
 from service.litserve_adapter import (
+    KeepsAPIServers,
     devices_count,
-    gpt_workers,
-    inference_workers,
     shutdown_event,
     watch_workers_ourselves,
+    worker_count,
 )
 from service.playground import add_playground
 from service.settings import Settings
@@ -56,7 +57,7 @@ def workers_per_device(settings: Settings, apis: list[ls.LitAPI]) -> dict[str, i
     return {api.api_path: counts[api.api_path] for api in apis if api.api_path in counts}
 
 
-def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer:
+def build_server(settings: Settings, drain: Drain | None = None) -> KeepsAPIServers:
     """The LitServer for all APIs, plus GET /metrics and the playground at GET /; nothing runs until `run()`.
 
     The GPT channel's socket folder is made here; `serve()` removes it (`server.gpt_channel.remove()`).
@@ -65,7 +66,7 @@ def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer
     # One GPT worker per device: the API servers spread new requests over them (see service/gpt_channel.py).
     channel = ChannelAddress.create(workers=devices_count(settings.accelerator))
     apis = build_apis(settings, channel, drain)
-    server = ls.LitServer(
+    server = KeepsAPIServers(
         apis,
         accelerator=settings.accelerator,
         workers_per_device=workers_per_device(settings, apis),
@@ -90,8 +91,8 @@ def build_server(settings: Settings, drain: Drain | None = None) -> ls.LitServer
         if getattr(route, "path", None) == "/health":
             route.include_in_schema = False  # type: ignore[attr-defined]
     server.app.add_middleware(Guard, settings=settings, drain=drain)
-    watch_workers_ourselves(server)  # serve() does (_watch_workers)
-    if gpt_workers(server, "/v1/completions") != channel.workers:
+    watch_workers_ourselves(server)  # serve() watches every process itself (service/supervisor.py)
+    if worker_count(server, "/v1/completions") != channel.workers:
         raise RuntimeError("LitServe starts a different number of GPT workers than the GPT channel was made for")
     server.gpt_channel = channel  # type: ignore[attr-defined]
     if settings.cors_origins:  # closed unless origins are configured
@@ -117,8 +118,9 @@ def _record_info(settings: Settings, server: ls.LitServer) -> None:
     )
 
 
-def _install_sigterm_handler(server: ls.LitServer, drain: Drain, grace: float) -> None:
-    """Make SIGTERM stop the server as Ctrl+C does: LitServe alone leaves its processes running on SIGTERM."""
+def _install_signal_handlers(server: ls.LitServer, drain: Drain, grace: float) -> None:
+    """Make SIGTERM stop the server as Ctrl+C does (LitServe alone leaves its processes running on SIGTERM), and
+    make both an orderly stop, never taken for a dead process."""
     main_pid = os.getpid()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -145,7 +147,15 @@ def _install_sigterm_handler(server: ls.LitServer, drain: Drain, grace: float) -
 
         threading.Thread(target=drain_then_stop, name="sigterm-shutdown", daemon=True).start()
 
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        # Ctrl+C reaches every process of the group at once: mark the stop as wanted first, so that the children
+        # exiting now are not taken for deaths (service/supervisor.py), then let LitServe stop as it does.
+        if os.getpid() == main_pid:
+            drain.start()
+        signal.default_int_handler(signum, frame)
+
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigint)
 
 
 def _stop_children(grace: float) -> None:
@@ -160,40 +170,28 @@ def _stop_children(grace: float) -> None:
             child.join(1.0)
 
 
-def _watch_workers(server: ls.LitServer, drain: Drain) -> None:
-    """If an inference worker dies (OOM killer, SIGKILL), fail open requests with a 503, then stop with exit 1.
+def _configure_logging(level: str) -> None:
+    """The service's own log lines to stderr at the server's level: LitServe configures only its own logger.
 
-    Open streams get an error chunk from their API server (see service/gpt_client.py), /health and new requests 503 at
-    once; after a moment for those answers to go out, the server stops so the orchestrator restarts it whole.
+    The API servers are forked and inherit this; the spawned workers keep Python's default (warnings and errors).
     """
-    while True:
-        time.sleep(0.25)
-        if drain.active:
-            return  # an orderly shutdown stops workers on purpose
-        workers = inference_workers(server)
-        event = shutdown_event(server)
-        dead = [w for w in workers if w.exitcode is not None]
-        if not dead or event is None:
-            continue
-        logger.error(
-            "inference worker %s died (exit code %s); failing open requests and stopping",
-            dead[0].name,
-            dead[0].exitcode,
-        )
-        drain.worker_died.value = 1
-        time.sleep(1.5)
-        drain.start()
-        event.set()
-        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    service_logger = logging.getLogger("service")
+    service_logger.handlers[:] = [handler]
+    service_logger.setLevel(logging.DEBUG if level == "trace" else level.upper())
+    service_logger.propagate = False  # a library may have given the root logger a handler: one line each
 
 
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM or Ctrl+C; every process it started is gone on return."""
+    _configure_logging(settings.log_level)
     metrics.clear_samples()
     drain = Drain()
     server = build_server(settings, drain)
-    _install_sigterm_handler(server, drain, settings.shutdown_grace_seconds)
-    threading.Thread(target=_watch_workers, args=(server, drain), name="worker-watch", daemon=True).start()
+    _install_signal_handlers(server, drain, settings.shutdown_grace_seconds)
+    gone = functools.partial(announce_server_gone, server.gpt_channel)
+    threading.Thread(target=supervisor.watch, args=(server, drain, gone), name="supervisor", daemon=True).start()
     try:
         server.run(
             host=settings.host,
@@ -206,6 +204,7 @@ def serve(settings: Settings) -> None:
         )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         _stop_children(grace=5.0)
         metrics.remove_samples_dir()
         server.gpt_channel.remove()

@@ -88,6 +88,11 @@ def start_server(workdir: Path, **settings: str) -> ServerProcess:
     pytest.fail(f"server not healthy after {START_TIMEOUT_S} s\n{server.log_text()[-3000:]}")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Last (a stable sort), so that their servers do not compete with the shared one for the CPU while its tests run.
+    items.sort(key=lambda item: item.get_closest_marker("own_server") is not None)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The shared server. Classify batches wait up to 20 ms, so concurrent requests surely share a batch."""

@@ -6,8 +6,8 @@ import pytest
 
 from model.sampling import SamplingParams
 from service import gpt_channel
-from service.gpt_channel import ChannelAddress, ChannelFull, ServerEnd, WorkerEnd
-from service.gpt_protocol import Cancel, Submit, Token
+from service.gpt_channel import ChannelAddress, ChannelFull, ServerEnd, WorkerEnd, broadcast
+from service.gpt_protocol import Cancel, ServerGone, Submit, Token
 
 PARAMS = SamplingParams(max_tokens=4)
 
@@ -61,6 +61,7 @@ def test_new_requests_go_to_the_worker_with_fewest_open(address):
         per_worker: list[list[str]] = [[], []]
         for i, w in enumerate(workers):
             while (item := w.receive(timeout_ms=500)) is not None:
+                assert isinstance(item, Submit)
                 per_worker[i].append(item.uid)
         assert sorted(map(len, per_worker)) == [2, 2]
         home = next(i for i, uids in enumerate(per_worker) if "b" in uids)
@@ -68,12 +69,22 @@ def test_new_requests_go_to_the_worker_with_fewest_open(address):
         api.release("b")  # worker 1 has one open now, worker 0 two
         submit(api, "e")
         item = workers[1].receive(timeout_ms=2000)
-        assert item is not None and item.uid == "e"
+        assert isinstance(item, Submit) and item.uid == "e"
         assert workers[0].receive(timeout_ms=100) is None
     finally:
         for w in workers:
             w.close()
         api.close()
+
+
+def test_a_broadcast_from_the_main_process_reaches_every_worker(address):
+    workers = [WorkerEnd(address, 0), WorkerEnd(address, 1)]
+    try:
+        broadcast(address, ServerGone(1))
+        assert [w.receive(timeout_ms=2000) for w in workers] == [ServerGone(1), ServerGone(1)]
+    finally:
+        for w in workers:
+            w.close()
 
 
 def test_a_worker_that_takes_nothing_fills_the_pipe_and_submit_says_so(monkeypatch):

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tests.conftest import ServerProcess, start_server
-from tests.helpers import metric_value, sse_events
+from tests.helpers import metric_value, sse_events, stream_in_background
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -94,28 +94,6 @@ def test_a_non_streamed_request_past_its_own_timeout_is_408(base_url):
     assert r.status_code == 408 and r.json()["error"]["code"] == "deadline_exceeded"
 
 
-def stream_in_background(url: str) -> tuple[threading.Thread, list[str]]:
-    """A long stream in a thread, returned once its first event has arrived; events collect in the list.
-
-    64 choices of 240 tokens through a 32-sequence batch: seconds of work even on a fast machine, so the stream is
-    surely still running when the test acts on the server.
-    """
-    events: list[str] = []
-    first = threading.Event()
-
-    def long_stream() -> None:
-        body = {"prompt": ["KING."] * 8, "n": 8, "max_tokens": 240, "temperature": 0, "stream": True}
-        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
-            for event in sse_events(r.iter_lines()):
-                first.set()
-                events.append(event)
-
-    t = threading.Thread(target=long_stream)
-    t.start()
-    assert first.wait(60)
-    return t, events
-
-
 def test_sigterm_drains_in_flight_streams_then_exits_cleanly(tmp_path):
     server = start_server(tmp_path, shutdown_grace_seconds="60")
     t, events = stream_in_background(server.url)
@@ -146,27 +124,3 @@ def test_cors_is_closed_by_default(base_url):
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert "access-control-allow-origin" not in r.headers
-
-
-def test_a_killed_worker_fails_open_streams_with_503_and_the_server_exits_for_a_restart(tmp_path):
-    server = start_server(tmp_path)
-    t, events = stream_in_background(server.url)
-    children = psutil.Process(server.process.pid).children(recursive=True)
-    workers = [p for p in children if "spawn_main" in " ".join(p.cmdline())]
-    for w in workers:
-        w.cpu_percent(None)
-    time.sleep(0.3)
-    gpt_worker = max(workers, key=lambda w: w.cpu_percent(None))  # the one generating
-    gpt_worker.kill()
-    t.join(30)
-    assert not t.is_alive(), "the open stream hung"
-    assert events[-1] == "[DONE]"
-    assert json.loads(events[-2])["error"]["code"] == "worker_died"
-    try:
-        health = httpx.get(f"{server.url}/health", timeout=5).status_code
-    except httpx.TransportError:
-        health = None  # already gone
-    assert health != 200
-    assert server.process.wait(30) == 1
-    _, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive
