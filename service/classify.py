@@ -40,6 +40,9 @@ class ClassifyAPI(GuardedAPI):
 
     def setup(self, device: str) -> None:
         """Runs once in each worker process: load the weights onto this worker's device and warm up."""
+        # One thread: a batch of nine-pixel inputs is far too small to split, and torch's default (a thread per
+        # core) then only spins idle threads beside the HTTP servers.
+        torch.set_num_threads(1)
         self.device = torch.device(device)
         self.model: PixelClassifier = load_pixels(self.weights_dir, self.device)
         self.symbols = self.model.config.symbols
