@@ -1,7 +1,7 @@
 """Classifier throughput and latency: LitServe (tinyserve) against a bare FastAPI + uvicorn app, one run.
 
-    python -m bench.classify            # bare FastAPI; LitServe stock, unbatched, tinyserve defaults
-    python -m bench.classify --sweep    # also the LitServe variants tried while tuning the defaults
+    python -m bench.classify            # bare FastAPI; tinyserve unbatched and at its defaults
+    python -m bench.classify --sweep    # also the other tinyserve variants (batch size, queue delay, processes)
 
 Servers take turns, one at a time (so that no idle server takes CPU from the measured one), for several rounds
 in a rotating order; req/s is the median over rounds, latencies are pooled. Starting each server takes a few
@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +35,9 @@ from service.schemas import ClassifyRequest, ClassifyResponse
 
 PLUS = [[-1, 1, -1], [1, 1, 1], [-1, 1, -1]]
 
-# LitServe variants as TINYSERVE_* settings. "stock": LitServe as it comes (no batching, access log on).
+# tinyserve variants as TINYSERVE_* settings (classify_batch_timeout is the batcher's max queue delay).
 VARIANTS: dict[str, dict[str, str]] = {
-    "stock": {"classify_max_batch_size": "1", "access_log": "true"},
     "no-batching": {"classify_max_batch_size": "1"},
-    "no-batching-fastq": {"classify_max_batch_size": "1", "fast_queue": "true"},
     "no-batching-2api": {"classify_max_batch_size": "1", "api_servers": "2"},
     "batch8-1ms": {"classify_max_batch_size": "8", "classify_batch_timeout": "0.001"},
     "batch16-0.5ms": {"classify_max_batch_size": "16", "classify_batch_timeout": "0.0005"},
@@ -49,12 +48,6 @@ VARIANTS: dict[str, dict[str, str]] = {
     },
     "batch32-1ms": {"classify_max_batch_size": "32", "classify_batch_timeout": "0.001"},
     "batch64-5ms": {"classify_max_batch_size": "64", "classify_batch_timeout": "0.005"},
-    # batch_timeout 0 busy-polls a core even when idle (measured: 11-35% of bare): left out.
-    "batch32-1ms-fastq": {
-        "classify_max_batch_size": "32",
-        "classify_batch_timeout": "0.001",
-        "fast_queue": "true",
-    },
     "batch32-1ms-2api": {
         "classify_max_batch_size": "32",
         "classify_batch_timeout": "0.001",
@@ -65,9 +58,10 @@ VARIANTS: dict[str, dict[str, str]] = {
         "classify_batch_timeout": "0.001",
         "http_loop": "asyncio",
     },
-    "defaults": {},  # tinyserve's Settings defaults: batches of up to 32, 1 ms to fill one
+    "batch4-0ms": {"classify_max_batch_size": "4"},
+    "defaults": {},  # tinyserve's Settings defaults: batches of up to 32, no queue delay
 }
-DEFAULT_RUN = ["stock", "no-batching", "defaults"]
+DEFAULT_RUN = ["no-batching", "defaults"]
 
 
 @dataclass
@@ -186,6 +180,31 @@ def measure(name: str, port: int, concurrency: int, max_requests: int, seconds: 
     return level
 
 
+def batch_sizes(port: int) -> str:
+    """The classify batch-size histogram of a tinyserve server's life so far, from its /metrics: batches per size
+    bucket (not cumulative) and the mean batch size."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    cumulative: list[tuple[str, float]] = []
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("tinyserve_classify_batch_size_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            cumulative.append((bound, float(line.rsplit(" ", 1)[1])))
+        elif line.startswith("tinyserve_classify_batch_size_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("tinyserve_classify_batch_size_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    cumulative.sort(key=lambda b: float(b[0]))  # "+Inf" sorts last
+    below, parts = 0.0, []
+    for bound, n in cumulative:
+        if n > below:
+            parts.append(f"<={bound}: {n - below:,.0f}")
+        below = n
+    mean = total / count if count else float("nan")
+    return f"{count:,.0f} batches, mean size {mean:.1f}; " + ", ".join(parts)
+
+
 def print_table(levels: list[Level]) -> None:
     bare = {lv.concurrency: lv.rps for lv in levels if lv.server == "bare-fastapi"}
     print("\n| server | concurrency | requests | req/s | p50 ms | p99 ms | errors | vs bare |")
@@ -204,8 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="time limit per level and round")
     parser.add_argument("--rounds", type=int, default=3, help="turns each server takes")
     parser.add_argument("--max-requests", type=int, default=20_000, help="request limit per level")
-    parser.add_argument("--sweep", action="store_true", help="run every LitServe variant, not just two")
-    parser.add_argument("--variants", help=f"comma-separated LitServe variants, from: {', '.join(VARIANTS)}")
+    parser.add_argument("--sweep", action="store_true", help="run every tinyserve variant, not just the default two")
+    parser.add_argument("--variants", help=f"comma-separated tinyserve variants, from: {', '.join(VARIANTS)}")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare:
@@ -233,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                     level = measure(name, port, concurrency, args.max_requests, args.seconds)
                     levels[name, concurrency].add_round(level)
                     print(f"round {turn + 1} {name:>20} c={concurrency:<3} {level.rps:7,.0f} req/s")
+                if name != "bare-fastapi":
+                    print(f"round {turn + 1} {name:>20} batch sizes over its levels: {batch_sizes(port)}")
     print_table(list(levels.values()))
 
 

@@ -1,18 +1,16 @@
-"""POST /v1/classify: the pixel classifier behind LitServe's dynamic batching."""
-
-# No `from __future__ import annotations` here: LitServe reads decode_request's annotation without evaluating
-# strings, and FastAPI would then take the body for a query parameter.
+"""POST /v1/classify: the pixel classifier, batched by its worker's dynamic batcher (service/batch_worker.py)."""
 
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-import litserve as ls
 import torch
+from litserve.specs.base import LitSpec
 
 from model.pixels import PixelClassifier, load_pixels
 from service import metrics
-from service.batching import batched_loop
+from service.batch_worker import BatchChannel, BatchLoop
+from service.litserve_adapter import GuardedAPI
 from service.schemas import ClassifyRequest, ClassifyResponse
 from service.schemas.classify import Activations
 
@@ -27,27 +25,31 @@ class PixelOutput(NamedTuple):
     activations: Activations | None
 
 
-class ClassifyAPI(ls.LitAPI):
+class ClassifyAPI(GuardedAPI):
     """Requests are decoded to 9 floats, stacked into one [B, 9] tensor and classified in one forward pass."""
 
-    def __init__(self, weights_dir: Path, max_batch_size: int = 32, batch_timeout: float = 0.001) -> None:
+    def __init__(self, weights_dir: Path, channel: BatchChannel, spec: LitSpec | None = None) -> None:
+        # The spec (service/batch_client.py's, in the server) makes the route; tests run the hooks without one.
         super().__init__(
-            max_batch_size=max_batch_size,
-            batch_timeout=batch_timeout,
+            max_batch_size=channel.limits.max_batch_size,
             api_path="/v1/classify",
-            loop=batched_loop(max_batch_size),
+            loop=BatchLoop(channel),
+            spec=spec,
         )
         self.weights_dir = weights_dir
 
     def setup(self, device: str) -> None:
         """Runs once in each worker process: load the weights onto this worker's device and warm up."""
+        # One thread: a batch of nine-pixel inputs is far too small to split, and torch's default (a thread per
+        # core) then only spins idle threads beside the HTTP servers.
+        torch.set_num_threads(1)
         self.device = torch.device(device)
         self.model: PixelClassifier = load_pixels(self.weights_dir, self.device)
         self.symbols = self.model.config.symbols
         self.model.predict(torch.zeros(1, 9, device=self.device))
 
-    # The annotation makes FastAPI validate the body against ClassifyRequest (422 on a bad one) before it is
-    # queued: one bad item would otherwise fail the whole batch it lands in.
+    # The annotation makes the route validate the body against ClassifyRequest (422 on a bad one) before it is
+    # sent: one bad item would otherwise fail the whole batch it lands in.
     def decode_request(self, request: ClassifyRequest) -> PixelInput:
         return PixelInput(request.flat(), request.explain)
 
@@ -56,7 +58,7 @@ class ClassifyAPI(ls.LitAPI):
 
     def predict(self, x: list[PixelInput] | PixelInput) -> list[PixelOutput] | PixelOutput:
         if isinstance(x, PixelInput):
-            # With max_batch_size=1 LitServe skips batch()/unbatch() and passes one decoded request.
+            # With max_batch_size=1 the batch thread skips batch()/unbatch() and passes one decoded request.
             return self._classify([x])[0]
         return self._classify(x)
 

@@ -1,25 +1,24 @@
 """OpenAI-compatible `/v1/embeddings` for the GPT: the mean of the last hidden state over the tokens, L2-normalised.
 
-A plain LitServe batched API: requests arriving together run as one padded forward pass. Inputs (texts or token
-ids) longer than the context keep their first `context` tokens (the usage counts what was embedded). The same worker
-answers the jobs of /v1/attention and /v1/embeddings/map (service/inside.py puts them on this queue): it holds a copy
-of the GPT that is not the decoding engine, and a second copy in a process of its own would cost a worker's memory
-for no gain.
+A LitServe batched API on the worker's dynamic batcher (service/batch_worker.py): requests queued together run as
+one padded forward pass. Inputs (texts or token ids) longer than the context keep their first `context` tokens (the
+usage counts what was embedded). The same worker answers the jobs of /v1/attention and /v1/embeddings/map
+(service/inside.py sends them on this API's channel): it holds a copy of the GPT that is not the decoding engine, and
+a second copy in a process of its own would cost a worker's memory for no gain.
 """
-
-# No `from __future__ import annotations`: LitServe reads decode_request's annotation unevaluated.
 
 from typing import Any, Literal
 
-import litserve as ls
 import torch
 from fastapi import HTTPException
+from litserve.specs.base import LitSpec
 
 from model.gpt import encode, eot_id, load_gpt, load_tokenizer
 from service import metrics
-from service.batching import batched_loop
+from service.batch_worker import BatchChannel, BatchLoop
 from service.errors import openai_error
 from service.inside_worker import AttentionJob, GPTInside, InsideJob, InsideResponse, MapJob
+from service.litserve_adapter import GuardedAPI
 from service.schemas.embeddings import (
     Embedding,
     EmbeddingRequest,
@@ -39,13 +38,14 @@ def _observe_inside(kind: str, seconds: float) -> None:
     metrics.INSIDE_SECONDS.labels(kind).observe(seconds)
 
 
-class EmbeddingsAPI(ls.LitAPI):
-    def __init__(self, settings: Settings) -> None:
+class EmbeddingsAPI(GuardedAPI):
+    def __init__(self, settings: Settings, channel: BatchChannel, spec: LitSpec | None = None) -> None:
+        # The spec (service/batch_client.py's, in the server) makes the route; tests run the hooks without one.
         super().__init__(
-            max_batch_size=settings.embeddings_max_batch_size,
-            batch_timeout=settings.embeddings_batch_timeout,
+            max_batch_size=channel.limits.max_batch_size,
             api_path="/v1/embeddings",
-            loop=batched_loop(settings.embeddings_max_batch_size),
+            loop=BatchLoop(channel),
+            spec=spec,
         )
         self.settings = settings
 
@@ -63,8 +63,8 @@ class EmbeddingsAPI(ls.LitAPI):
     def check_request(self, request: EmbeddingRequest | InsideJob) -> None:
         """400 for what the schema cannot know: ids outside the vocabulary, a `dimensions` not the model's.
 
-        Also called by the batched loop before a request joins a batch, so that it fails alone. The inside
-        routes' jobs arrive already checked."""
+        The batch thread decodes each request alone, so a request refused here fails alone, not its batch. The
+        inside routes' jobs arrive already checked."""
         if not isinstance(request, EmbeddingRequest):
             return
         bad = out_of_vocabulary(request.input, self.vocab, "input")
@@ -82,8 +82,8 @@ class EmbeddingsAPI(ls.LitAPI):
                 ),
             )
 
-    # LitServe's own /v1/embeddings route validates its body against this annotation; the jobs of the inside
-    # routes arrive on the same queue already checked.
+    # The /v1/embeddings route validates its body against this annotation; the jobs of the inside routes arrive
+    # on the same channel already checked.
     def decode_request(self, request: EmbeddingRequest) -> Texts | InsideJob:
         item: EmbeddingRequest | InsideJob = request
         if not isinstance(item, EmbeddingRequest):
@@ -114,7 +114,7 @@ class EmbeddingsAPI(ls.LitAPI):
         """Decoded requests in, their answers out, a list of each when batched: texts become (vectors, tokens,
         format); inside jobs become their responses."""
         if isinstance(batch, tuple | AttentionJob | MapJob):
-            # With max_batch_size=1 LitServe skips batch()/unbatch() and passes one decoded request.
+            # With max_batch_size=1 the batch thread skips batch()/unbatch() and passes one decoded request.
             return self.predict([batch])[0]
         items: list[Texts | InsideJob] = batch
         out: list[Any] = [None] * len(items)
@@ -143,8 +143,8 @@ class EmbeddingsAPI(ls.LitAPI):
 
     def encode_response(self, output: Vectors | InsideResponse) -> EmbeddingResponse:
         if not isinstance(output, tuple):
-            # An inside job's answer is already its response; LitServe passes it back to service/inside.py, whose
-            # routes declare their own response models (this annotation is only /v1/embeddings' one).
+            # An inside job's answer is already its response; it goes back to service/inside.py, whose routes
+            # declare their own response models (this annotation is only /v1/embeddings' one).
             return output  # type: ignore[return-value]
         vectors, tokens, fmt = output
         return EmbeddingResponse(

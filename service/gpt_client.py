@@ -11,7 +11,6 @@ cancels what still runs on the worker and forgets it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections import deque
@@ -20,13 +19,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from model.sampling import SamplingParams
-from service.gpt_channel import ChannelAddress, ChannelFull, ServerEnd
+from service.channel import ChannelAddress, ChannelFull, ServerEnd, fan_out
 from service.gpt_protocol import Failure, StepItem, Submit, Token
 
 if TYPE_CHECKING:  # guards imports the metrics, which the protocol code does not need
     from service.guards import Drain
 
-logger = logging.getLogger(__name__)
+
+GPTServerEnd = ServerEnd[Submit, StepItem]
 
 # How often the watch looks at the shared worker-died flag: a dead worker's streams end within this.
 WATCH_SECONDS = 0.25
@@ -132,7 +132,7 @@ class GPTClient:
         self.address = address
         self.drain = drain  # tells when a worker has died; None in tests without workers
         self.queue_id = 0  # this API server's response queue id: set by the spec before LitServe forks the process
-        self._channel: ServerEnd | None = None
+        self._channel: GPTServerEnd | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._open: dict[str, Generation] = {}
 
@@ -170,31 +170,24 @@ class GPTClient:
     def open_generations(self) -> int:
         return len(self._open)
 
-    def _ensure_open(self) -> ServerEnd:
+    def _ensure_open(self) -> GPTServerEnd:
         """This process's end of the channel, its fan-out task and its worker watch, made once (restarted if they
         ever stop)."""
         if self._channel is None:
-            self._channel = ServerEnd(self.address, self.queue_id)
+            self._channel = GPTServerEnd(self.address, self.queue_id)
         if not self._tasks or any(t.done() for t in self._tasks):
             for t in self._tasks:
                 t.cancel()
-            self._tasks = [asyncio.create_task(self._fan_out(self._channel)), asyncio.create_task(self._watch())]
+            self._tasks = [
+                asyncio.create_task(fan_out(self._channel, self._deliver)),
+                asyncio.create_task(self._watch()),
+            ]
         return self._channel
 
-    async def _fan_out(self, channel: ServerEnd) -> None:
-        """Spread each step message from the worker over the buffers of the generations it names."""
-        while True:
-            try:
-                items = await channel.receive()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # an unreadable message loses its tokens, never the task
-                logger.exception("reading the GPT channel failed")
-                continue
-            for item in items:
-                generation = self._open.get(item.uid)
-                if generation is not None:  # else closed already (a stop string, the client gone): dropped
-                    generation.push(item)
+    def _deliver(self, item: StepItem) -> None:
+        generation = self._open.get(item.uid)
+        if generation is not None:  # else closed already (a stop string, the client gone): dropped
+            generation.push(item)
 
     async def _watch(self) -> None:
         """A worker died: end every open generation of this API server with a 503 instead of a hang."""

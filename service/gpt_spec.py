@@ -13,11 +13,11 @@ from fastapi import HTTPException
 from litserve.specs.base import LitSpec
 
 from model.gpt import decode, encode
+from service.channel import ChannelAddress
 from service.chat import Chat
 from service.choices import ServedGPT
 from service.completions import Completions
 from service.errors import openai_error
-from service.gpt_channel import ChannelAddress
 from service.gpt_client import GenerateClient, GPTClient
 from service.schemas.completions import (
     DetokenizeRequest,

@@ -1,7 +1,7 @@
 """The GPT's LitServe worker: the engine driven by two threads of its own, behind a LitServe loop.
 
 Path of a request: the API server (service/gpt_client.py) sends a `Submit` over the GPT channel
-(service/gpt_channel.py; the messages are service/gpt_protocol.py's). In this process:
+(service/channel.py; the messages are service/gpt_protocol.py's). In this process:
 
 - the intake thread takes it off the channel and puts it in the engine's thread-safe inbox (a `Cancel` goes
   straight to `engine.cancel`), then wakes the engine thread;
@@ -9,49 +9,42 @@ Path of a request: the API server (service/gpt_client.py) sends a `Submit` over 
   the prefill budget; their first tokens), then `engine.decode()` (one token for every running sequence), and after
   each sends one message per API server: a list of `Token`s and `Failure`s; with no work it sleeps on an event.
 
-Why threads and not LitServe's `ContinuousBatchingLoop` (litserve 0.2.19), which this loop first subclassed: its
-intake takes each request off a manager queue in a thread and answers a START message through the manager on the
-event loop, and each step is an `asyncio.to_thread` hop whose completion waits for the event loop and the GIL.
-Measured at 32 streams on 2 cores: the worker used 0.71 of a core and decoded a batch-32 step every 15 ms where the
-same engine alone takes 8; with the threads below and the channel, see README, Performance. The engine's matrix
-work releases the GIL, so the intake thread costs the engine next to nothing.
+The threads are the shape every worker shares (service/worker_threads.py). Why not LitServe's
+`ContinuousBatchingLoop` (litserve 0.2.19), which this loop first subclassed: measured at 32 streams on 2 cores, the
+worker used 0.71 of a core and decoded a batch-32 step every 15 ms where the same engine alone takes 8; with the
+threads below and the channel, see README, Performance. The engine's matrix work releases the GIL, so the intake
+thread costs the engine next to nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
-import os
 import threading
 import time
-from queue import Queue
 from typing import Any, cast
 
 import litserve as ls
 import torch
-from litserve.callbacks import CallbackRunner
-from litserve.loops.base import LitLoop
 from litserve.specs.base import LitSpec
-from litserve.transport.base import MessageTransport
 
 from model.engine import AdmissionError, Engine, TokenEvent
 from model.gpt import load_gpt
 from service import metrics
-from service.gpt_channel import ChannelAddress, WorkerEnd, broadcast
-from service.gpt_protocol import Cancel, Failure, FinishReason, ServerGone, StepItem, Token
+from service.channel import ChannelAddress, WorkerEnd, broadcast
+from service.gpt_protocol import Cancel, Failure, FinishReason, ServerGone, StepItem, Token, WorkerRequest
+from service.litserve_adapter import GuardedAPI, worker_index
 from service.settings import Settings
+from service.worker_threads import IDLE_WAIT_SECONDS, Outbox, ThreadedLoop, intake
 
 logger = logging.getLogger(__name__)
 
-Outbox = dict[int, list[StepItem]]  # response queue id of an API server -> its part of this phase's events
 
-
-class EngineLoop(LitLoop):
-    """Starts the intake and engine threads in the worker; LitServe's event loop only watches them."""
+class EngineLoop(ThreadedLoop):
+    """The intake and engine threads of the GPT worker."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._threads: list[threading.Thread] = []
         self._wake: threading.Event  # made in the worker process: a lock cannot travel to a spawned process
         # Owned by the engine thread, except that the intake thread adds entries before the engine sees the uid.
         self._routes: dict[str, int] = {}  # uid -> response queue id of the API server that sent it
@@ -64,65 +57,36 @@ class EngineLoop(LitLoop):
         if not isinstance(lit_api, GPTAPI):
             raise TypeError("EngineLoop drives GPTAPI only")
 
-    async def schedule_task(
-        self, lit_api: ls.LitAPI, lit_spec: LitSpec | None, request_queue: Queue, transport: MessageTransport
-    ) -> None:
+    def threads(self, lit_api: ls.LitAPI) -> list[threading.Thread]:
         assert isinstance(lit_api, GPTAPI)
         self._wake = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._intake, args=(lit_api,), name="gpt-intake", daemon=True),
+        take = functools.partial(self._take, lit_api.engine)
+        return [
+            threading.Thread(target=intake, args=(lit_api.channel, take, "gpt"), name="gpt-intake", daemon=True),
             threading.Thread(target=self._generate, args=(lit_api,), name="gpt-engine", daemon=True),
         ]
-        for t in self._threads:
-            t.start()
-        # LitServe's request queue for this path stays empty (requests come over the channel); stay scheduled.
-        await asyncio.Event().wait()
-
-    async def run(
-        self,
-        lit_api: ls.LitAPI,
-        device: str,
-        worker_id: int,
-        request_queue: Queue,
-        transport: MessageTransport,
-        workers_setup_status: dict[int, str],
-        callback_runner: CallbackRunner,
-    ) -> None:
-        # LitServe calls this over and over; the threads do the work. Both catch everything they can survive, so
-        # a dead one is a bug: end the process, and serve() fails open requests and exits for a restart.
-        await asyncio.sleep(0.5)
-        if self._threads and not all(t.is_alive() for t in self._threads):
-            logger.critical("a GPT worker thread died; stopping the worker")
-            os._exit(1)
 
     # ---- intake thread ------------------------------------------------------------------------------------------
 
-    def _intake(self, api: GPTAPI) -> None:
-        while True:
-            try:
-                item = api.channel.receive(timeout_ms=1000)
-                if item is None:
-                    continue
-                if isinstance(item, Cancel):
-                    api.engine.cancel(item.uid)
-                    continue
-                if isinstance(item, ServerGone):
-                    self._drop_server(api.engine, item.queue_id)
-                    continue
-                if item.queue_id in self._dead_servers:
-                    continue  # sent just before its API server died, read after: nobody waits for it
-                self._routes[item.uid] = item.queue_id
-                self._arrivals[item.uid] = item.arrival
-                try:
-                    api.engine.add_request(item.uid, item.prompt_ids, item.params)
-                    metrics.GPT_PROMPT_TOKENS.inc(len(item.prompt_ids))
-                except AdmissionError as exc:
-                    # The API server checks the context first, so this only guards against a mismatched model.
-                    logger.warning("request %s refused at admission: %s", item.uid, exc)
-                    self._refused.append((item.uid, str(exc)))
-                self._wake.set()
-            except Exception:  # one unreadable item must not stop the intake
-                logger.exception("GPT intake failed on an item")
+    def _take(self, engine: Engine, item: WorkerRequest) -> None:
+        if isinstance(item, Cancel):
+            engine.cancel(item.uid)
+            return
+        if isinstance(item, ServerGone):
+            self._drop_server(engine, item.queue_id)
+            return
+        if item.queue_id in self._dead_servers:
+            return  # sent just before its API server died, read after: nobody waits for it
+        self._routes[item.uid] = item.queue_id
+        self._arrivals[item.uid] = item.arrival
+        try:
+            engine.add_request(item.uid, item.prompt_ids, item.params)
+            metrics.GPT_PROMPT_TOKENS.inc(len(item.prompt_ids))
+        except AdmissionError as exc:
+            # The API server checks the context first, so this only guards against a mismatched model.
+            logger.warning("request %s refused at admission: %s", item.uid, exc)
+            self._refused.append((item.uid, str(exc)))
+        self._wake.set()
 
     def _drop_server(self, engine: Engine, queue_id: int) -> None:
         """Cancel every request of a dead API server: its slots go to live clients at the next step."""
@@ -137,17 +101,17 @@ class EngineLoop(LitLoop):
     # ---- engine thread ------------------------------------------------------------------------------------------
 
     def _generate(self, api: GPTAPI) -> None:
-        engine = api.engine
+        engine, channel = api.engine, api.channel
+        outbox: Outbox[StepItem] = Outbox()
         while True:
             self._wake.clear()
-            outbox: Outbox = {}
             while self._refused:
                 uid, why = self._refused.pop()
                 self._arrivals.pop(uid, None)
                 self._send_failure(outbox, Failure(uid, 400, "invalid_request", why))
             if not engine.has_work():
-                self._flush(api, outbox)
-                self._wake.wait(timeout=1.0)  # set by the intake thread
+                outbox.flush(channel)
+                self._wake.wait(timeout=IDLE_WAIT_SECONDS)  # set by the intake thread
                 continue
             try:
                 # First tokens go out as soon as their prefill is done, before everyone's decode step.
@@ -156,8 +120,7 @@ class EngineLoop(LitLoop):
                     events = phase()
                     self._record(events, phase_start, engine)
                     self._route(outbox, events)
-                    self._flush(api, outbox)
-                    outbox = {}
+                    outbox.flush(channel)
             except Exception as exc:  # a failed step must not leave half a batch behind
                 logger.exception("engine step failed; resetting the engine")
                 engine.reset()
@@ -167,28 +130,24 @@ class EngineLoop(LitLoop):
                     self._send_failure(outbox, Failure(uid, 500, "engine_error", why))
                 self._arrivals.clear()
                 self._last_token.clear()
-                self._flush(api, outbox)
+                outbox.flush(channel)
 
-    def _route(self, outbox: Outbox, events: list[TokenEvent]) -> None:
+    def _route(self, outbox: Outbox[StepItem], events: list[TokenEvent]) -> None:
         # One message per API server per phase, not one per token (a decode step at batch 32 is 32 tokens).
         for ev in events:
             finished = ev.finish_reason is not None
             queue_id = self._routes.pop(ev.request_id, None) if finished else self._routes.get(ev.request_id)
             if queue_id is not None:
                 finish = cast(FinishReason | None, ev.finish_reason)  # the engine's reasons are the wire's
-                outbox.setdefault(queue_id, []).append(
-                    Token(ev.request_id, ev.token_id, ev.logprob, ev.top_logprobs, finish, ev.prompt_logprobs)
+                outbox.add(
+                    queue_id,
+                    Token(ev.request_id, ev.token_id, ev.logprob, ev.top_logprobs, finish, ev.prompt_logprobs),
                 )
 
-    def _send_failure(self, outbox: Outbox, failure: Failure) -> None:
+    def _send_failure(self, outbox: Outbox[StepItem], failure: Failure) -> None:
         queue_id = self._routes.pop(failure.uid, None)
         if queue_id is not None:
-            outbox.setdefault(queue_id, []).append(failure)
-
-    @staticmethod
-    def _flush(api: GPTAPI, outbox: Outbox) -> None:
-        for queue_id, box in outbox.items():
-            api.channel.send(queue_id, box)
+            outbox.add(queue_id, failure)
 
     def _record(self, events: list[TokenEvent], step_start: float, engine: Engine) -> None:
         """Metrics of one step, aggregated here so each step costs a handful of metric updates."""
@@ -222,7 +181,7 @@ def announce_server_gone(address: ChannelAddress, queue_id: int) -> None:
     broadcast(address, ServerGone(queue_id))
 
 
-class GPTAPI(ls.LitAPI):
+class GPTAPI(GuardedAPI):
     """Hosts the engine and its end of the GPT channel; requests arrive already tokenized and validated."""
 
     def __init__(self, settings: Settings, spec: LitSpec, channel: ChannelAddress) -> None:
@@ -235,7 +194,7 @@ class GPTAPI(ls.LitAPI):
         self.settings = settings
         self.address = channel
         self.engine: Engine
-        self.channel: WorkerEnd
+        self.channel: WorkerEnd[WorkerRequest, StepItem]
 
     def setup(self, device: str) -> None:
         torch.set_num_threads(self.settings.torch_threads)
@@ -246,11 +205,8 @@ class GPTAPI(ls.LitAPI):
             max_prefill_tokens=self.settings.gpt_max_prefill_tokens,
         )
         # LitServe sets the worker's index (per API path) before setup; bound before the worker reports ready.
-        self.channel = WorkerEnd(self.address, int(os.environ.get("LITSERVE_WORKER_ID", "0")))
+        self.channel = WorkerEnd(self.address, worker_index())
         logger.info("GPT engine ready on %s (%s)", device, next(model.parameters()).dtype)
-
-    def has_active_requests(self) -> bool:  # asked by LitServe's loop wrapper
-        return self.engine.has_work()
 
     def predict(self, x: Any) -> Any:  # required by LitAPI's interface; EngineLoop drives the engine directly
         raise NotImplementedError("the GPT is driven by EngineLoop")

@@ -1,9 +1,9 @@
 """The API-server side of the endpoints that show the models' insides.
 
 POST /v1/attention and POST /v1/embeddings/map are tokenized and checked here against the loaded model (the
-128-token limit, layer and head indices: a 400 naming the field), then queued as jobs for the embeddings worker, the
-GPT copy that is not the decoding engine (service/inside_worker.py). They go through LitServe's own request handler,
-so they are batched with that worker's other requests and answered as LitServe answers them. GET
+128-token limit, layer and head indices: a 400 naming the field), then sent as jobs to the embeddings worker, the
+GPT copy that is not the decoding engine (service/inside_worker.py). They go over the embeddings' channel
+(service/batch_client.py), so they are batched with that worker's other requests and answered as they are. GET
 /v1/classify/network is the pixel classifier's layers, weights and biases, read once at start-up.
 """
 
@@ -12,15 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-import litserve as ls
 from fastapi import FastAPI, HTTPException
-from litserve.server import RegularRequestHandler
+from fastapi.responses import Response
 from transformers import GPT2Config
 
 from model.gpt import encode, load_tokenizer
 from model.pixels import load_pixels
 from service.errors import openai_error
-from service.inside_worker import AttentionJob, InsideJob, InsideResponse, MapJob
+from service.inside_worker import AttentionJob, InsideJob, MapJob
 from service.schemas.inside import (
     MAX_INSIDE_TOKENS,
     AttentionRequest,
@@ -49,9 +48,10 @@ def pixel_network(pixels_dir: Path, model_id: str) -> PixelNetwork:
 
 
 class Submitter(Protocol):
-    """What sends a job to the worker and awaits its answer: LitServe's RegularRequestHandler (a fake in tests)."""
+    """What sends a job to the worker and awaits its answer, the response body as JSON: the embeddings'
+    BatchClient (a fake in tests)."""
 
-    async def handle_request(self, request: Any, request_type: Any) -> Any: ...
+    async def call(self, payload: Any) -> Any: ...
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> HTTPException:
@@ -96,22 +96,21 @@ class InsideRoutes:
             raise _bad(f"{what} {bad} does not exist: this model has {count} {what}s (0..{count - 1})", param)
         return chosen
 
-    async def submit(self, job: InsideJob) -> InsideResponse:
-        answer: InsideResponse = await self.handler.handle_request(job, InsideJob)
-        return answer
+    async def submit(self, job: InsideJob) -> Response:
+        # The worker sends the response body already encoded (an AttentionResponse or EmbeddingMapResponse).
+        body: bytes = await self.handler.call(job)
+        return Response(body, media_type="application/json")
 
-    async def attention(self, body: AttentionRequest) -> AttentionResponse:
+    async def attention(self, body: AttentionRequest) -> Response:
         self.check_model(body.model)
         job = AttentionJob(
             ids=self.tokens(body.prompt, "prompt"),
             layers=self.indices(body.layers, self.n_layer, "layers", "layer"),
             heads=self.indices(body.heads, self.n_head, "heads", "head"),
         )
-        answer = await self.submit(job)
-        assert isinstance(answer, AttentionResponse)
-        return answer
+        return await self.submit(job)
 
-    async def embedding_map(self, body: EmbeddingMapRequest) -> EmbeddingMapResponse:
+    async def embedding_map(self, body: EmbeddingMapRequest) -> Response:
         self.check_model(body.model)
         job = MapJob(
             request=body,
@@ -119,21 +118,19 @@ class InsideRoutes:
             context_ids=self.tokens(body.context, "context") if body.context is not None else None,
             analogy_ids=[self.word(w) for w in body.analogy] if body.analogy is not None else None,
         )
-        answer = await self.submit(job)
-        assert isinstance(answer, EmbeddingMapResponse)
-        return answer
+        return await self.submit(job)
 
 
 def register_inside_routes(app: FastAPI, routes: InsideRoutes, network: PixelNetwork) -> None:
     async def classify_network() -> PixelNetwork:
         return network
 
-    app.add_api_route("/v1/attention", routes.attention, methods=["POST"])
-    app.add_api_route("/v1/embeddings/map", routes.embedding_map, methods=["POST"])
+    app.add_api_route("/v1/attention", routes.attention, methods=["POST"], response_model=AttentionResponse)
+    app.add_api_route("/v1/embeddings/map", routes.embedding_map, methods=["POST"], response_model=EmbeddingMapResponse)
     app.add_api_route("/v1/classify/network", classify_network, methods=["GET"])
 
 
-def add_inside_routes(server: ls.LitServer, settings: Settings, embeddings: ls.LitAPI) -> None:
+def add_inside_routes(app: FastAPI, settings: Settings, embeddings: Submitter) -> None:
     """The three routes on the server's app; the API key and in-flight limits come from the Guard, as for the rest."""
-    routes = InsideRoutes(settings, RegularRequestHandler(embeddings, server))
-    register_inside_routes(server.app, routes, pixel_network(settings.pixels_dir, settings.pixels_model_id))
+    routes = InsideRoutes(settings, embeddings)
+    register_inside_routes(app, routes, pixel_network(settings.pixels_dir, settings.pixels_model_id))

@@ -50,7 +50,7 @@ if _values.ValueClass.__name__ != "MmapedValue":
 # registry=None: samples live in the multiprocess files and are collected from there, not from a registry.
 CLASSIFY_BATCH_SIZE = Histogram(
     "tinyserve_classify_batch_size",
-    "Classify requests run together in one batch by LitServe's dynamic batching.",
+    "Classify requests run together in one batch by the worker's dynamic batcher.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
     registry=None,
 )
@@ -67,7 +67,7 @@ CLASSIFY_PREDICT_SECONDS = Histogram(
     registry=None,
 )
 
-# Filled by service/batching.py's loop, which sees each request's arrival time (LitServe's own batched loop drops it).
+# Filled by service/batch_worker.py's batch thread, from each request's arrival time at its API server.
 BATCHED_QUEUE_TIME = Histogram(
     "tinyserve_batched_request_queue_time_seconds",
     "Seconds from the API server queuing a classify or embeddings request to a worker taking it into a batch.",
@@ -142,7 +142,7 @@ GPT_QUEUE_TIME = Histogram(
 
 REJECTED = Counter(
     "tinyserve_requests_rejected",
-    "Requests refused before reaching a model, by path and reason (overloaded, unauthorized).",
+    "Requests refused before reaching a model, by path and reason (overloaded, unauthorized, queue_full).",
     ["path", "reason"],
     registry=None,
 )

@@ -17,10 +17,13 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from model.gpt import pick_dtype
 from service import metrics, supervisor
+from service.batch_client import BatchClient, BatchSpec
+from service.batch_worker import BatchChannel
+from service.batcher import BatchLimits
+from service.channel import ChannelAddress
 from service.classify import ClassifyAPI
 from service.embeddings import EmbeddingsAPI
 from service.errors import install_error_handlers
-from service.gpt_channel import ChannelAddress
 from service.gpt_spec import GPTSpec
 from service.gpt_worker import GPTAPI, announce_server_gone
 from service.guards import Drain, Guard
@@ -39,15 +42,35 @@ logger = logging.getLogger(__name__)
 
 
 def build_apis(settings: Settings, channel: ChannelAddress, drain: Drain) -> list[ls.LitAPI]:
-    """Every API the server hosts, each with its own path, queue, workers and batching."""
-    return [
-        ClassifyAPI(
-            settings.pixels_dir,
-            max_batch_size=settings.classify_max_batch_size,
-            batch_timeout=settings.classify_batch_timeout,
+    """Every API the server hosts, each with its own path, channel, workers and batching.
+
+    The classifier's and the embeddings' channels live in folders inside the GPT's (`channel`), removed with it.
+    """
+    devices = channel.workers  # one GPT worker per device
+
+    def batched(name: str, workers: int, limits: BatchLimits) -> tuple[BatchChannel, BatchSpec]:
+        address = channel.beside(name, workers * devices)
+        spec = BatchSpec(f"/v1/{name}", BatchClient(address, settings.request_timeout, drain))
+        return BatchChannel(address, limits), spec
+
+    classify = batched(
+        "classify",
+        settings.classify_workers,
+        BatchLimits(
+            settings.classify_max_batch_size, settings.classify_batch_timeout, settings.classify_max_queue_size
         ),
+    )
+    embeddings = batched(
+        "embeddings",
+        1,
+        BatchLimits(
+            settings.embeddings_max_batch_size, settings.embeddings_batch_timeout, settings.embeddings_max_queue_size
+        ),
+    )
+    return [
+        ClassifyAPI(settings.pixels_dir, *classify),
         GPTAPI(settings, spec=GPTSpec(settings, channel, drain), channel=channel),
-        EmbeddingsAPI(settings),
+        EmbeddingsAPI(settings, *embeddings),
     ]
 
 
@@ -60,10 +83,10 @@ def workers_per_device(settings: Settings, apis: list[ls.LitAPI]) -> dict[str, i
 def build_server(settings: Settings, drain: Drain | None = None) -> KeepsAPIServers:
     """The LitServer for all APIs, plus GET /metrics and the playground at GET /; nothing runs until `run()`.
 
-    The GPT channel's socket folder is made here; `serve()` removes it (`server.gpt_channel.remove()`).
+    The channels' socket folder is made here; `serve()` removes it (`server.channel.remove()`).
     """
     drain = drain or Drain()
-    # One GPT worker per device: the API servers spread new requests over them (see service/gpt_channel.py).
+    # One GPT worker per device: the API servers spread new requests over them (see service/channel.py).
     channel = ChannelAddress.create(workers=devices_count(settings.accelerator))
     apis = build_apis(settings, channel, drain)
     server = KeepsAPIServers(
@@ -72,7 +95,6 @@ def build_server(settings: Settings, drain: Drain | None = None) -> KeepsAPIServ
         workers_per_device=workers_per_device(settings, apis),
         timeout=settings.request_timeout,
         max_payload_size=settings.max_payload_size,  # an int: LitServe's string form fails every request
-        fast_queue=settings.fast_queue,
     )
     # How long uvicorn lets requests finish once LitServe stops it (its default is 30 s, longer than `docker stop`
     # waits before SIGKILL). On SIGTERM the Guard has already drained them for shutdown_grace_seconds; this is only
@@ -84,7 +106,9 @@ def build_server(settings: Settings, drain: Drain | None = None) -> KeepsAPIServ
         server.app.add_api_route(path, metrics.metrics_endpoint, methods=["GET"], include_in_schema=False)
     add_playground(server.app, settings.pixels_dir)  # GET / becomes the playground page
     # Attention, the embedding plane and the pixel network: served by the embeddings worker, not the decoding engine.
-    add_inside_routes(server, settings, next(api for api in apis if isinstance(api, EmbeddingsAPI)))
+    embeddings = next(api for api in apis if isinstance(api, EmbeddingsAPI))
+    assert isinstance(embeddings.spec, BatchSpec)
+    add_inside_routes(server.app, settings, embeddings.spec.client)
     install_error_handlers(server.app)
     # LitServe's /health answers plain text; keep it out of the OpenAPI document, which would promise JSON.
     for route in server.app.routes:
@@ -92,9 +116,11 @@ def build_server(settings: Settings, drain: Drain | None = None) -> KeepsAPIServ
             route.include_in_schema = False  # type: ignore[attr-defined]
     server.app.add_middleware(Guard, settings=settings, drain=drain)
     watch_workers_ourselves(server)  # serve() watches every process itself (service/supervisor.py)
-    if worker_count(server, "/v1/completions") != channel.workers:
-        raise RuntimeError("LitServe starts a different number of GPT workers than the GPT channel was made for")
-    server.gpt_channel = channel  # type: ignore[attr-defined]
+    for api in apis:
+        address = api.spec.client.address if isinstance(api.spec, BatchSpec) else channel
+        if worker_count(server, api.api_path) != address.workers:
+            raise RuntimeError(f"LitServe starts a different number of {api.api_path} workers than its channel has")
+    server.channel = channel  # type: ignore[attr-defined]
     if settings.cors_origins:  # closed unless origins are configured
         server.app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
@@ -190,7 +216,7 @@ def serve(settings: Settings) -> None:
     drain = Drain()
     server = build_server(settings, drain)
     _install_signal_handlers(server, drain, settings.shutdown_grace_seconds)
-    gone = functools.partial(announce_server_gone, server.gpt_channel)
+    gone = functools.partial(announce_server_gone, server.channel)
     threading.Thread(target=supervisor.watch, args=(server, drain, gone), name="supervisor", daemon=True).start()
     try:
         server.run(
@@ -207,6 +233,6 @@ def serve(settings: Settings) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _stop_children(grace=5.0)
         metrics.remove_samples_dir()
-        server.gpt_channel.remove()
+        server.channel.remove()
     if drain.failed:
         raise SystemExit(1)  # so that the orchestrator (Docker, Kubernetes) starts a fresh server

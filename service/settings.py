@@ -37,8 +37,16 @@ class Settings(BaseSettings):
         le=4096,
         description="most classify requests run as one batch (1 turns batching off)",
     )
+    # The batcher's max queue delay (Triton's name; the setting keeps its old name). 0: a batch is whatever queued
+    # while the last one ran, so batches grow with the load and a lone request never waits for company.
     classify_batch_timeout: float = Field(
-        default=0.001, ge=0.0, le=1.0, description="seconds a worker waits to fill a classify batch"
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="max queue delay: seconds the oldest queued classify request waits for others to join its batch",
+    )
+    classify_max_queue_size: int = Field(
+        default=256, ge=1, le=100_000, description="classify requests queued in a worker before it answers 503"
     )
     classify_workers: int = Field(default=1, ge=1, le=64, description="classifier worker processes per device")
 
@@ -76,7 +84,13 @@ class Settings(BaseSettings):
         default=8, ge=1, le=256, description="most embeddings requests run as one padded forward pass"
     )
     embeddings_batch_timeout: float = Field(
-        default=0.005, ge=0.0, le=1.0, description="seconds a worker waits to fill an embeddings batch"
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="max queue delay: seconds the oldest queued embeddings request (or inside job) waits for others",
+    )
+    embeddings_max_queue_size: int = Field(
+        default=64, ge=1, le=100_000, description="embeddings requests queued in a worker before it answers 503"
     )
     # One thread by default: beside the HTTP servers and a load generator on a 2-core machine, a 2-thread engine
     # stalls whenever one of its threads is descheduled (measured at 32 streams: 3,173 output tokens/s with 1 thread
@@ -117,17 +131,15 @@ class Settings(BaseSettings):
     accelerator: Literal["auto", "cpu", "cuda", "mps"] = Field(
         default="auto", description="device for the models: auto picks CUDA when present, else CPU"
     )
-    fast_queue: bool = Field(
-        default=False,
-        description="LitServe's ZeroMQ transport for the classifier's and embeddings' responses (the GPT has its own"
-        " channel)",
-    )
     http_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         default="auto", description="uvicorn's event loop (auto: uvloop when installed)"
     )
     access_log: bool = Field(default=False, description="uvicorn's per-request access log (costs throughput)")
     request_timeout: float = Field(
-        default=30.0, gt=0.0, le=3600.0, description="seconds a request may wait in the queue before a 504"
+        default=30.0,
+        gt=0.0,
+        le=3600.0,
+        description="seconds a classify, embeddings or inside request waits for its answer before a 504",
     )
     max_payload_size: int = Field(
         default=1_048_576, ge=1024, le=1_073_741_824, description="largest request body in bytes (413 above)"
@@ -141,7 +153,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _batch_timeout_below_request_timeout(self) -> Self:
-        # LitServe requires it: a batch that may wait longer than a request may wait would time requests out.
+        # A batch that may wait longer than a request may wait would time requests out.
         if self.classify_batch_timeout >= self.request_timeout:
             raise ValueError("classify_batch_timeout must be below request_timeout")
         return self

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from transformers import PreTrainedTokenizerFast
 
 from model.gpt import encode
+from service.channel import ChannelAddress
 from service.errors import install_error_handlers
-from service.gpt_channel import ChannelAddress
 from service.gpt_client import GPTClient
 from service.gpt_protocol import Failure, FinishReason, StepItem, Submit, Token
 from service.gpt_spec import GPTSpec

@@ -1,18 +1,20 @@
-"""The GPT channel (service/gpt_channel.py) in one process: routing, cancels, spreading over workers, back-pressure."""
+"""The channel (service/channel.py) with the GPT's messages, in one process: routing, cancels, back-pressure."""
 
 import asyncio
 
 import pytest
 
 from model.sampling import SamplingParams
-from service import gpt_channel
-from service.gpt_channel import ChannelAddress, ChannelFull, ServerEnd, WorkerEnd, broadcast
-from service.gpt_protocol import Cancel, ServerGone, Submit, Token
+from service import channel
+from service.channel import ChannelAddress, ChannelFull, WorkerEnd, broadcast
+from service.gpt_client import GPTServerEnd
+from service.gpt_protocol import Cancel, ServerGone, StepItem, Submit, Token, WorkerRequest
 
+GPTWorkerEnd = WorkerEnd[WorkerRequest, StepItem]
 PARAMS = SamplingParams(max_tokens=4)
 
 
-def submit(api: ServerEnd, uid: str, arrival: float = 0.0) -> Submit:
+def submit(api: GPTServerEnd, uid: str, arrival: float = 0.0) -> Submit:
     message = Submit(api.queue_id, uid, arrival, [1, 2], PARAMS)
     api.submit(message)
     return message
@@ -27,8 +29,8 @@ def address():
 
 def test_requests_reach_a_worker_and_steps_come_back_to_the_api_server_that_sent_them(address):
     async def scenario() -> None:
-        workers = [WorkerEnd(address, 0), WorkerEnd(address, 1)]
-        api = [ServerEnd(address, 0), ServerEnd(address, 1)]
+        workers = [GPTWorkerEnd(address, 0), GPTWorkerEnd(address, 1)]
+        api = [GPTServerEnd(address, 0), GPTServerEnd(address, 1)]
         try:
             sent = submit(api[1], "u1", 1.5)
             got = [w.receive(timeout_ms=2000) for w in workers]
@@ -53,8 +55,8 @@ def test_requests_reach_a_worker_and_steps_come_back_to_the_api_server_that_sent
 
 
 def test_new_requests_go_to_the_worker_with_fewest_open(address):
-    workers = [WorkerEnd(address, 0), WorkerEnd(address, 1)]
-    api = ServerEnd(address, 0)
+    workers = [GPTWorkerEnd(address, 0), GPTWorkerEnd(address, 1)]
+    api = GPTServerEnd(address, 0)
     try:
         for uid in ("a", "b", "c", "d"):
             submit(api, uid)
@@ -78,7 +80,7 @@ def test_new_requests_go_to_the_worker_with_fewest_open(address):
 
 
 def test_a_broadcast_from_the_main_process_reaches_every_worker(address):
-    workers = [WorkerEnd(address, 0), WorkerEnd(address, 1)]
+    workers = [GPTWorkerEnd(address, 0), GPTWorkerEnd(address, 1)]
     try:
         broadcast(address, ServerGone(1))
         assert [w.receive(timeout_ms=2000) for w in workers] == [ServerGone(1), ServerGone(1)]
@@ -88,10 +90,10 @@ def test_a_broadcast_from_the_main_process_reaches_every_worker(address):
 
 
 def test_a_worker_that_takes_nothing_fills_the_pipe_and_submit_says_so(monkeypatch):
-    monkeypatch.setattr(gpt_channel, "HIGH_WATER_MARK", 5)
+    monkeypatch.setattr(channel, "HIGH_WATER_MARK", 5)
     address = ChannelAddress.create(workers=1)
     try:
-        api = ServerEnd(address, 0)  # no worker ever binds: messages queue up to the high-water mark
+        api = GPTServerEnd(address, 0)  # no worker ever binds: messages queue up to the high-water mark
         with pytest.raises(ChannelFull):
             for i in range(50):
                 submit(api, f"u{i}")

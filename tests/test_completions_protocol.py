@@ -9,7 +9,7 @@ import json
 import pytest
 
 from model.gpt import encode
-from service.gpt_channel import ChannelFull
+from service.channel import ChannelFull
 from service.gpt_protocol import Failure, Submit
 from service.schemas.completions import CompletionRequest
 from service.schemas.sampling import SamplingDefaults

@@ -1,33 +1,36 @@
 """Embeddings in-process: token-id inputs, base64 vectors, `dimensions`, and a bad request failing alone."""
 
 import base64
+import json
 import struct
-import time
-from queue import Queue
 from typing import Any
 
 import pytest
 import torch
 from fastapi import HTTPException
-from litserve.utils import LitAPIStatus
 from pydantic import ValidationError
 
 from model.gpt import encode
-from service.batching import QuietBatchedLoop
+from service.batch_protocol import Answer, Job
+from service.batch_worker import BatchChannel, run_batch
+from service.batcher import BatchLimits
+from service.channel import ChannelAddress
 from service.embeddings import EmbeddingsAPI
+from service.gpt_protocol import Failure
 from service.schemas.embeddings import EmbeddingRequest
 from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def api() -> EmbeddingsAPI:
-    embeddings = EmbeddingsAPI(Settings())
+    # No worker threads run here: the channel's address is never bound.
+    embeddings = EmbeddingsAPI(Settings(), BatchChannel(ChannelAddress("unused"), BatchLimits(max_batch_size=8)))
     embeddings.setup("cpu")
     return embeddings
 
 
 def answer(api: EmbeddingsAPI, body: dict[str, Any]) -> dict[str, Any]:
-    """One request through the API's own hooks, as LitServe runs them with max_batch_size 1."""
+    """One request through the API's own hooks, as the batch thread runs them with max_batch_size 1."""
     request = EmbeddingRequest.model_validate(body)
     return api.encode_response(api.predict(api.decode_request(request))).model_dump()
 
@@ -82,24 +85,14 @@ def test_schema_refuses_malformed_inputs(body):
         EmbeddingRequest.model_validate(body)
 
 
-class RecordingLoop(QuietBatchedLoop):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[tuple[str, Any, LitAPIStatus]] = []
-
-    def put_response(self, transport: Any, response_queue_id: int, uid: str, data: Any, status: Any, kind: Any) -> None:
-        self.sent.append((uid, data, status))
-
-
-def test_a_bad_request_fails_alone_before_its_batch(api):
-    queue: Queue[Any] = Queue()
+def test_a_bad_request_fails_alone_and_its_batch_runs(api):
     good = EmbeddingRequest.model_validate({"input": "a"})
     bad = EmbeddingRequest.model_validate({"input": [1, 10**6]})
-    for uid, request in (("good", good), ("bad", bad), ("good2", good)):
-        queue.put((0, uid, time.monotonic(), request))
-    loop = RecordingLoop()
-    api.request_timeout = 60.0  # LitServer sets it when it starts the worker
-    payloads, timed_out = loop.get_batch_requests(api, queue, transport=None)  # type: ignore[arg-type]
-    assert [uid for _, uid, _ in payloads] == ["good", "good2"] and timed_out == []
-    errors = [(uid, data.status_code) for uid, data, status in loop.sent if status == LitAPIStatus.ERROR]
-    assert errors == [("bad", 400)]
+    jobs = [Job(0, uid, 0.0, request) for uid, request in (("good", good), ("bad", bad), ("good2", good))]
+    replies = run_batch(api, jobs)
+    assert [r.uid for r in replies] == ["good", "bad", "good2"]
+    assert isinstance(replies[0], Answer) and isinstance(replies[2], Answer)
+    refused = replies[1]
+    assert isinstance(refused, Failure) and (refused.status, refused.param) == (400, "input.1")
+    assert "outside the vocabulary" in refused.message
+    assert vectors(json.loads(replies[0].body)) == vectors(json.loads(replies[2].body))

@@ -199,6 +199,9 @@ def plain_forward(network: PixelNetwork, pixels: list[float]) -> list[list[float
 WORKER_CHECKS = """
 import json, sys
 from model.gpt import encode
+from service.batch_worker import BatchChannel
+from service.batcher import BatchLimits
+from service.channel import ChannelAddress
 from service.classify import ClassifyAPI, PixelInput
 from service.embeddings import EmbeddingsAPI
 from service.inside_worker import AttentionJob
@@ -206,10 +209,10 @@ from service.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 from service.settings import Settings
 
 pixels = json.loads(sys.argv[1])
-classify = ClassifyAPI(Settings().pixels_dir)
+classify = ClassifyAPI(Settings().pixels_dir, BatchChannel(ChannelAddress("unused"), BatchLimits(32)))
 classify.setup("cpu")
 outputs = classify.predict([PixelInput(p, True) for p in pixels] + [PixelInput(pixels[0], False)])
-embeddings = EmbeddingsAPI(Settings())
+embeddings = EmbeddingsAPI(Settings(), BatchChannel(ChannelAddress("unused"), BatchLimits(8)))
 embeddings.setup("cpu")
 texts = embeddings.decode_request(EmbeddingRequest(input=["to be", "or not to be"]))
 job = AttentionJob(encode(embeddings.tok, "O Romeo"), [0], [0])
@@ -276,16 +279,16 @@ def test_the_embeddings_worker_answers_texts_and_jobs_in_one_batch(worker_checks
 
 
 class WorkerBehindAFake:
-    """Stands in for LitServe's RegularRequestHandler: runs each job on the worker at once."""
+    """Stands in for the embeddings' BatchClient: runs each job on the worker at once."""
 
     def __init__(self, inside: GPTInside) -> None:
         self.inside = inside
         self.jobs: list[Any] = []
 
-    async def handle_request(self, request: Any, request_type: Any) -> Any:
-        self.jobs.append(request)
+    async def call(self, payload: Any) -> Any:
+        self.jobs.append(payload)
         await asyncio.sleep(0)
-        return self.inside.run([request])[0]
+        return self.inside.run([payload])[0].model_dump_json().encode()
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ def test_defaults() -> None:
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TINYSERVE_PORT", "9123")
     monkeypatch.setenv("TINYSERVE_CLASSIFY_MAX_BATCH_SIZE", "8")
-    monkeypatch.setenv("TINYSERVE_FAST_QUEUE", "true")
+    monkeypatch.setenv("TINYSERVE_CLASSIFY_MAX_QUEUE_SIZE", "9")
     settings = Settings()
-    assert (settings.port, settings.classify_max_batch_size, settings.fast_queue) == (9123, 8, True)
+    assert (settings.port, settings.classify_max_batch_size, settings.classify_max_queue_size) == (9123, 8, 9)
 
 
 @pytest.mark.parametrize(

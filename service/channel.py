@@ -1,40 +1,57 @@
-"""The GPT's message channel between the API-server processes and the GPT worker: ZeroMQ over Unix sockets.
+"""The message channel between the API-server processes and a model's workers: ZeroMQ over Unix sockets.
 
 LitServe carries every request and response through queues held by its manager process: each put and each get is a
 round trip to that process (pickled twice, a thread hop in the API server per message). For the GPT, whose worker
 answers one message per API server per decode step, that path cost more CPU than the HTTP servers themselves and
-several milliseconds of latency per token (measured; see README, Performance). This channel is direct instead:
+several milliseconds of latency per token; for the classifier, whose batch takes 0.1 ms, it was the whole cost of a
+request (measured; see README, Performance and Benchmark). Every model's requests take this direct path instead:
 
-    API server  --PUSH--> requests-<worker>   (PULL, bound by GPT worker number <worker>)
-    GPT worker  --PUSH--> responses-<queue>   (PULL, bound by the API server with LitServe response queue id <queue>)
+    API server  --PUSH--> requests-<worker>   (PULL, bound by the API's worker number <worker>)
+    worker      --PUSH--> responses-<queue>   (PULL, bound by the API server with LitServe response queue id <queue>)
 
-The messages are service/gpt_protocol.py's, pickled (`send_pyobj`); each socket is used by one thread only (ZeroMQ
-sockets are not thread-safe). Sends never block: a full pipe (the peer is gone or stuck) raises `ChannelFull` on the
-API side, so the client gets a 503, and drops the message with a log line on the worker side. The sockets live in
-one temporary folder per server start, made by the main process (`ChannelAddress.create`) and removed by
+The messages are typed (service/gpt_protocol.py's for the GPT, service/batch_protocol.py's for the classifier and
+embeddings), pickled (`send_pyobj`); each socket is used by one thread only (ZeroMQ sockets are not thread-safe).
+Sends never block: a full pipe (the peer is gone or stuck) raises `ChannelFull` on the API side, so the client gets
+a 503, and drops the message with a log line on the worker side. The sockets live in one temporary folder per
+server start, made by the main process (`ChannelAddress.create`, a sub-folder per API: `beside`) and removed by
 `serve()` at exit.
 
-A request and its cancel item go to the same worker; with several GPT workers (one per GPU) an API server sends each
-new request to the worker with the fewest of its own requests open.
+A request and its cancel item go to the same worker; with several workers for an API (one GPT worker per GPU, or
+`classify_workers`) an API server sends each new request to the worker with the fewest of its own requests open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import zmq
 import zmq.asyncio
 
-from service.gpt_protocol import Cancel, StepItem, Submit, WorkerRequest
+from service.gpt_protocol import Cancel
 
 logger = logging.getLogger(__name__)
 
 # Messages queued per socket before a send fails: far above what a healthy peer lets pile up (one per step).
 HIGH_WATER_MARK = 10_000
+
+
+class Addressed(Protocol):
+    """A new request: the id its answers carry."""
+
+    @property
+    def uid(self) -> str: ...
+
+
+InT = TypeVar("InT")  # what a worker receives
+SubmitT = TypeVar("SubmitT", bound=Addressed)  # what an API server submits
+OutT = TypeVar("OutT")  # an item of what a worker sends back (a message is a list of them)
 
 
 class ChannelFull(RuntimeError):
@@ -51,7 +68,13 @@ class ChannelAddress:
     @classmethod
     def create(cls, workers: int = 1) -> ChannelAddress:
         # A Unix socket path is limited to ~107 bytes: a short folder under the temp dir, not the working tree.
-        return cls(tempfile.mkdtemp(prefix="tinyserve-gpt-"), workers)
+        return cls(tempfile.mkdtemp(prefix="tinyserve-"), workers)
+
+    def beside(self, name: str, workers: int) -> ChannelAddress:
+        """Another API's channel, in a folder inside this one's (removed with it)."""
+        folder = os.path.join(self.folder, name)
+        os.makedirs(folder, exist_ok=True)
+        return ChannelAddress(folder, workers)
 
     def requests(self, worker: int) -> str:
         return f"ipc://{self.folder}/requests-{worker}"
@@ -71,8 +94,8 @@ def _socket(ctx: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
     return sock
 
 
-class WorkerEnd:
-    """The GPT worker's side: `receive` from the intake thread only, `send` from the engine thread only."""
+class WorkerEnd(Generic[InT, OutT]):
+    """A worker's side: `receive` from its intake thread only, `send` from its engine or batch thread only."""
 
     def __init__(self, address: ChannelAddress, worker: int) -> None:
         self._address = address
@@ -81,13 +104,13 @@ class WorkerEnd:
         self._inbox.bind(address.requests(worker))
         self._outboxes: dict[int, zmq.Socket[Any]] = {}
 
-    def receive(self, timeout_ms: int) -> WorkerRequest | None:
-        """The next request or cancel, or None after `timeout_ms` without one."""
+    def receive(self, timeout_ms: int) -> InT | None:
+        """The next message, or None after `timeout_ms` without one."""
         if self._inbox.poll(timeout_ms) == 0:
             return None
-        return cast(WorkerRequest, self._inbox.recv_pyobj())
+        return cast(InT, self._inbox.recv_pyobj())
 
-    def send(self, queue_id: int, message: list[StepItem]) -> None:
+    def send(self, queue_id: int, message: list[OutT]) -> None:
         sock = self._outboxes.get(queue_id)
         if sock is None:  # the first answer to this API server: connect to the socket it bound
             sock = self._outboxes[queue_id] = _socket(self._ctx, zmq.PUSH)
@@ -101,8 +124,9 @@ class WorkerEnd:
         self._ctx.destroy(linger=0)
 
 
-def broadcast(address: ChannelAddress, item: WorkerRequest) -> None:
-    """Send `item` to every GPT worker from a process with no end of its own (the main process's supervisor)."""
+def broadcast(address: ChannelAddress, item: object) -> None:
+    """Send `item` to every worker of a channel from a process with no end of its own (the main process's
+    supervisor)."""
     ctx: zmq.Context[Any] = zmq.Context()
     # Kept until the context goes: a socket collected earlier would close at once, dropping what it holds.
     socks = [_socket(ctx, zmq.PUSH) for _ in range(address.workers)]
@@ -112,16 +136,16 @@ def broadcast(address: ChannelAddress, item: WorkerRequest) -> None:
             try:
                 sock.send_pyobj(item, flags=zmq.NOBLOCK)
             except zmq.Again:
-                logger.error("GPT worker %d is not taking messages; one was dropped", worker)
+                logger.error("worker %d of %s is not taking messages; one was dropped", worker, address.folder)
     finally:
         ctx.destroy(linger=1000)  # a one-off sender: give the message a moment to leave before closing
 
 
-class ServerEnd:
+class ServerEnd(Generic[SubmitT, OutT]):
     """An API server's side, used from its event loop only."""
 
     def __init__(self, address: ChannelAddress, queue_id: int) -> None:
-        self._address = address
+        self.address = address
         self.queue_id = queue_id
         # Sends are non-blocking, so a plain socket serves the event loop; receiving needs the asyncio flavour.
         self._ctx: zmq.Context[Any] = zmq.Context()
@@ -134,13 +158,14 @@ class ServerEnd:
         self._worker_of: dict[str, int] = {}  # uid -> the worker that has it (its cancel must go there too)
         self._open = [0] * address.workers
 
-    def submit(self, message: Submit) -> None:
+    def submit(self, message: SubmitT) -> None:
         worker = min(range(len(self._open)), key=self._open.__getitem__)
         self._send(worker, message)
         self._worker_of[message.uid] = worker
         self._open[worker] += 1
 
     def cancel(self, uid: str) -> None:
+        """Tell the worker that has `uid` to stop it (the GPT's `Cancel`; a batched request is never cancelled)."""
         worker = self._worker_of.get(uid)
         if worker is not None:
             try:
@@ -154,15 +179,30 @@ class ServerEnd:
         if worker is not None:
             self._open[worker] -= 1
 
-    def _send(self, worker: int, item: WorkerRequest) -> None:
+    def _send(self, worker: int, item: object) -> None:
         try:
             self._outboxes[worker].send_pyobj(item, flags=zmq.NOBLOCK)
         except zmq.Again as exc:
-            raise ChannelFull(f"GPT worker {worker} is not taking requests") from exc
+            raise ChannelFull(f"worker {worker} is not taking requests") from exc
 
-    async def receive(self) -> list[StepItem]:
-        return cast(list[StepItem], await self._inbox.recv_pyobj())
+    async def receive(self) -> list[OutT]:
+        return cast(list[OutT], await self._inbox.recv_pyobj())
 
     def close(self) -> None:
         self._ctx.destroy(linger=0)
         self._actx.destroy(linger=0)
+
+
+async def fan_out(end: ServerEnd[Any, OutT], deliver: Callable[[OutT], None]) -> None:
+    """An API server's reading task: every item of every message from the workers to `deliver`. An unreadable
+    message loses its items (their requests end by their deadlines), never the task."""
+    while True:
+        try:
+            items = await end.receive()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("reading the channel at %s failed", end.address.folder)
+            continue
+        for item in items:
+            deliver(item)
