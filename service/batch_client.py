@@ -21,7 +21,8 @@ from fastapi.responses import Response
 from litserve.specs.base import LitSpec
 
 from service.batch_protocol import Job, Reply
-from service.channel import ChannelAddress, ChannelFull, ServerEnd, fan_out
+from service.channel import ChannelAddress, ChannelFull, ServerEnd
+from service.channel_client import ChannelClient
 from service.errors import openai_error
 from service.gpt_protocol import Failure
 
@@ -31,38 +32,25 @@ if TYPE_CHECKING:  # guards imports the metrics, which the protocol code does no
 
 BatchServerEnd = ServerEnd[Job, Reply]
 
-# How often the watch looks at the shared process-died flag: open requests end within this of a death.
-WATCH_SECONDS = 0.25
-
 
 def _error(status: int, message: str, code: str, param: str | None = None) -> HTTPException:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return HTTPException(status, openai_error(message, param, code, kind))
 
 
-class BatchClient:
-    """One per API and API-server process; the channel's end is opened on first use (after LitServe's fork: ZeroMQ
-    sockets must not cross a fork)."""
+class BatchClient(ChannelClient[Job, Reply, asyncio.Future[Reply]]):
+    """One per API and API-server process (its end, fan-out task and death watch: service/channel_client.py)."""
 
     def __init__(self, address: ChannelAddress, timeout: float, drain: Drain | None = None) -> None:
-        self.address = address
+        super().__init__(address, drain)
         self.timeout = timeout  # seconds to wait for an answer before a 504
-        self.drain = drain  # tells when a server process has died; None in tests without one
-        self.queue_id = 0  # this API server's response queue id: set by the spec before LitServe forks the process
-        self._end: BatchServerEnd | None = None
-        self._waiting: dict[str, asyncio.Future[Reply]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def __getstate__(self) -> dict[str, object]:
-        # Pickled with the spec into the spawned worker, which never uses it: no sockets, tasks or futures.
-        return {**self.__dict__, "drain": None, "_end": None, "_waiting": {}, "_tasks": []}
 
     async def call(self, payload: Any) -> bytes:
         """The worker's answer to `payload` (the JSON response body), or an HTTPException saying why not."""
         end = self._ensure_open()
         uid = str(uuid.uuid4())
         reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiting[uid] = reply
+        self._open[uid] = reply
         try:
             end.submit(Job(self.queue_id, uid, time.monotonic(), payload))
             async with asyncio.timeout(self.timeout):
@@ -72,35 +60,19 @@ class BatchClient:
         except TimeoutError as exc:
             raise _error(504, f"no answer within {self.timeout:g} s", "deadline_exceeded") from exc
         finally:
-            self._waiting.pop(uid, None)
+            self._open.pop(uid, None)
             end.release(uid)
         if isinstance(answer, Failure):
             raise _error(answer.status, answer.message, answer.code, answer.param)
         return answer.body
 
-    def _ensure_open(self) -> BatchServerEnd:
-        if self._end is None:
-            self._end = BatchServerEnd(self.address, self.queue_id)
-        if not self._tasks or any(t.done() for t in self._tasks):
-            for t in self._tasks:
-                t.cancel()
-            reading = fan_out(self._end, self._deliver)
-            self._tasks = [asyncio.create_task(reading), asyncio.create_task(self._watch())]
-        return self._end
-
     def _deliver(self, reply: Reply) -> None:
-        waiting = self._waiting.get(reply.uid)
+        waiting = self._open.get(reply.uid)
         if waiting is not None and not waiting.done():  # else given up already (its deadline): dropped
             waiting.set_result(reply)
 
-    async def _watch(self) -> None:
-        """A process died (service/supervisor.py): answer every open request 503 instead of a hang."""
-        while self.drain is None or not self.drain.failed:
-            await asyncio.sleep(WATCH_SECONDS)
-        for uid, waiting in list(self._waiting.items()):
-            if not waiting.done():
-                message = "a server process died; the server is restarting"
-                waiting.set_result(Failure(uid, 503, "worker_died", message))
+    def _interrupt(self, uid: str, failure: Failure) -> None:
+        self._deliver(failure)
 
 
 class BatchSpec(LitSpec):

@@ -22,7 +22,7 @@ from transformers import GPT2Config, PreTrainedTokenizerFast
 from model.engine import PromptLogprob
 from model.gpt import decode, encode, eot_id, load_tokenizer, token_bytes
 from model.sampling import SamplingParams
-from service.errors import error_content, openai_error
+from service.errors import bad_request, error_content, model_not_found, openai_error
 from service.gpt_client import Deadline, GenerateClient, Generation, GenerationFailed, WorkerUnavailable
 from service.gpt_protocol import Failure, FinishReason, Token
 from service.schemas.completions import Usage
@@ -53,10 +53,7 @@ class ServedGPT:
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.settings.gpt_model_id:
-            raise HTTPException(
-                404,
-                openai_error(f"The model '{model}' does not exist.", "model", "model_not_found", "not_found_error"),
-            )
+            raise model_not_found(model)
 
     def prompt_ids(self, prompt: str | list[int], param: str = "prompt", room: int = 1) -> list[int]:
         """The prompt's token ids (a text is tokenized, ids are taken as they are), or a 400 naming `param` when it
@@ -66,14 +63,8 @@ class ServedGPT:
         else:
             ids = list(prompt)
         if len(ids) > self.context_length - room:
-            raise HTTPException(
-                400,
-                openai_error(
-                    f"the prompt is {len(ids)} tokens; this model's context is {self.context_length} tokens",
-                    param,
-                    "context_length_exceeded",
-                ),
-            )
+            message = f"the prompt is {len(ids)} tokens; this model's context is {self.context_length} tokens"
+            raise bad_request(message, param, "context_length_exceeded")
         return ids
 
     def params(self, body: SamplingRequest, prompt_ids: list[int], index: int) -> SamplingParams:
@@ -81,25 +72,21 @@ class ServedGPT:
         one not supported, a logit_bias id outside the vocabulary, max_tokens past the context or below min_tokens."""
         refused = body.refused_parameter()
         if refused is not None:
-            raise _bad_request(f"{refused} is not supported by this server", refused, "unsupported_parameter")
+            raise bad_request(f"{refused} is not supported by this server", refused, "unsupported_parameter")
         bad_bias = body.logit_bias_error(self.vocab_size)
         if bad_bias is not None:
-            raise _bad_request(f"{bad_bias}: token id outside the vocabulary (size {self.vocab_size})", bad_bias)
+            raise bad_request(f"{bad_bias}: token id outside the vocabulary (size {self.vocab_size})", bad_bias)
         room = self.context_length - len(prompt_ids)
         params = body.to_sampling_params(self.defaults, room=room, index=index, stop_token_ids=(self.eot_id,))
         if params.max_tokens > room:
-            raise HTTPException(
-                400,
-                openai_error(
-                    f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of"
-                    f" {self.context_length} tokens; ask for at most {room} tokens",
-                    "max_tokens",
-                    "context_length_exceeded",
-                ),
+            message = (
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of"
+                f" {self.context_length} tokens; ask for at most {room} tokens"
             )
+            raise bad_request(message, "max_tokens", "context_length_exceeded")
         if params.min_tokens > params.max_tokens:
             message = f"min_tokens ({params.min_tokens}) exceeds max_tokens ({params.max_tokens})"
-            raise _bad_request(message, "min_tokens")
+            raise bad_request(message, "min_tokens")
         return params
 
     def deadline(self, body: SamplingRequest) -> Deadline:
@@ -162,10 +149,6 @@ class Step:
 
 class ClientGone(Exception):
     """The client closed the connection before the answer was ready."""
-
-
-def _bad_request(message: str, param: str, code: str = "invalid_value") -> HTTPException:
-    return HTTPException(400, openai_error(message, param, code))
 
 
 def failure_response(failure: Failure) -> JSONResponse:

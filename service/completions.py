@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from fastapi import HTTPException
 from starlette.requests import Request
 
 from model.gpt import decode
 from service.choices import Choice, ServedGPT, Step, TokenLogprob
-from service.errors import openai_error
+from service.errors import bad_request
 from service.schemas.completions import (
     Completion,
     CompletionChoice,
@@ -43,10 +42,6 @@ def legacy_logprobs(generated: list[TokenLogprob], echo: str = "", prompt: Seque
     )
 
 
-def _bad_request(message: str, param: str) -> HTTPException:
-    return HTTPException(400, openai_error(message, param, "invalid_value"))
-
-
 class Completions:
     def __init__(self, gpt: ServedGPT) -> None:
         self.gpt = gpt
@@ -55,10 +50,10 @@ class Completions:
         """Every choice to generate (prompts x best_of, or n), checked against the model: a 400 before any is queued."""
         conflict = body.conflict()
         if conflict is not None:
-            raise _bad_request(conflict[1], conflict[0])
+            raise bad_request(conflict[1], conflict[0])
         bad_id = out_of_vocabulary(body.prompt, self.gpt.vocab_size, "prompt")
         if bad_id is not None:
-            raise _bad_request(f"{bad_id}: token id outside the vocabulary (size {self.gpt.vocab_size})", bad_id)
+            raise bad_request(f"{bad_id}: token id outside the vocabulary (size {self.gpt.vocab_size})", bad_id)
         room = 0 if body.max_tokens == 0 else 1  # a prompt only scored may fill the context
         choices = []
         for p_idx, prompt in enumerate(body.prompts):

@@ -10,13 +10,12 @@ a second copy in a process of its own would cost a worker's memory for no gain.
 from typing import Any, Literal
 
 import torch
-from fastapi import HTTPException
 from litserve.specs.base import LitSpec
 
 from model.gpt import encode, eot_id, load_gpt, load_tokenizer
 from service import metrics
 from service.batch_worker import BatchChannel, BatchLoop
-from service.errors import openai_error
+from service.errors import bad_request
 from service.inside_worker import AttentionJob, GPTInside, InsideJob, InsideResponse, MapJob
 from service.litserve_adapter import GuardedAPI
 from service.schemas.embeddings import (
@@ -69,18 +68,10 @@ class EmbeddingsAPI(GuardedAPI):
             return
         bad = out_of_vocabulary(request.input, self.vocab, "input")
         if bad is not None:
-            raise HTTPException(
-                400, openai_error(f"{bad}: token id outside the vocabulary (size {self.vocab})", bad, "invalid_value")
-            )
+            raise bad_request(f"{bad}: token id outside the vocabulary (size {self.vocab})", bad)
         if request.dimensions is not None and request.dimensions != self.width:
-            raise HTTPException(
-                400,
-                openai_error(
-                    f"dimensions: this model's embeddings have {self.width} dimensions and cannot be shortened",
-                    "dimensions",
-                    "invalid_value",
-                ),
-            )
+            message = f"dimensions: this model's embeddings have {self.width} dimensions and cannot be shortened"
+            raise bad_request(message, "dimensions")
 
     # The /v1/embeddings route validates its body against this annotation; the jobs of the inside routes arrive
     # on the same channel already checked.

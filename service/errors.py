@@ -10,7 +10,7 @@ import logging
 import math
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,6 +24,16 @@ def openai_error(
     message: str, param: str | None = None, code: str | None = None, type_: str = "invalid_request_error"
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str, code: str = "invalid_value") -> HTTPException:
+    """A 400 in OpenAI's shape naming `param`."""
+    return HTTPException(400, openai_error(message, param, code))
+
+
+def model_not_found(model: str) -> HTTPException:
+    """A 404 for a model this server does not serve, as OpenAI answers it."""
+    return HTTPException(404, openai_error(f"The model '{model}' does not exist.", "model", "model_not_found"))
 
 
 def error_content(exc: BaseException) -> dict[str, Any]:

@@ -1,9 +1,8 @@
 """The GPT as an API-server process sees it: `GPTClient.generate(prompt_ids, params, deadline)` -> token events.
 
-One client per API-server process, opened on first use there (after LitServe forks the process: ZeroMQ sockets
-must not cross a fork). Everything about a generation's life on this side lives here: its buffer, the fan-out
-task that spreads each step message from the worker over the buffers, the watch that fails open generations when
-a worker dies, and the deadline. A generation ends in one place, `Generation.__anext__`: its last token, or a
+One client per API-server process (its end of the channel, fan-out task and death watch: service/channel_client.py).
+Everything about a generation's life on this side lives here: its buffer, how a step message from the worker
+reaches it, and the deadline. A generation ends in one place, `Generation.__anext__`: its last token, or a
 `GenerationFailed` for a `Failure` from the worker, the deadline or a dead worker; closing it (finished or not)
 cancels what still runs on the worker and forgets it.
 """
@@ -16,20 +15,14 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from model.sampling import SamplingParams
-from service.channel import ChannelAddress, ChannelFull, ServerEnd, fan_out
+from service.channel import ChannelFull, ServerEnd
+from service.channel_client import ChannelClient
 from service.gpt_protocol import Failure, StepItem, Submit, Token
 
-if TYPE_CHECKING:  # guards imports the metrics, which the protocol code does not need
-    from service.guards import Drain
-
-
 GPTServerEnd = ServerEnd[Submit, StepItem]
-
-# How often the watch looks at the shared worker-died flag: a dead worker's streams end within this.
-WATCH_SECONDS = 0.25
 
 
 class WorkerUnavailable(RuntimeError):
@@ -127,26 +120,14 @@ class GenerateClient(Protocol):
     def generate(self, prompt_ids: list[int], params: SamplingParams, deadline: Deadline) -> Generation: ...
 
 
-class GPTClient:
-    def __init__(self, address: ChannelAddress, drain: Drain | None = None) -> None:
-        self.address = address
-        self.drain = drain  # tells when a worker has died; None in tests without workers
-        self.queue_id = 0  # this API server's response queue id: set by the spec before LitServe forks the process
-        self._channel: GPTServerEnd | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._open: dict[str, Generation] = {}
-
-    def __getstate__(self) -> dict[str, object]:
-        # Pickled with the spec into the spawned GPT worker, which never uses it: no sockets, tasks or buffers.
-        return {"address": self.address, "drain": None, "queue_id": 0, "_channel": None, "_tasks": [], "_open": {}}
-
+class GPTClient(ChannelClient[Submit, StepItem, Generation]):
     def generate(self, prompt_ids: list[int], params: SamplingParams, deadline: Deadline) -> Generation:
         """Submit a generation now (so that a full channel is a `WorkerUnavailable` before any answer is sent)."""
-        channel = self._ensure_open()
+        end = self._ensure_open()
         generation = Generation(self, str(uuid.uuid4()))
         self._open[generation.uid] = generation
         try:
-            channel.submit(Submit(self.queue_id, generation.uid, time.monotonic(), prompt_ids, params))
+            end.submit(Submit(self.queue_id, generation.uid, time.monotonic(), prompt_ids, params))
         except ChannelFull as exc:
             self._open.pop(generation.uid, None)
             raise WorkerUnavailable(str(exc)) from exc
@@ -160,39 +141,20 @@ class GPTClient:
         """Drop a closed generation: stop its timer, cancel it on the worker if asked, free its place."""
         if generation.timer is not None:
             generation.timer.cancel()
-        if self._open.pop(generation.uid, None) is None or self._channel is None:
+        if self._open.pop(generation.uid, None) is None or self._end is None:
             return
         if cancel:
-            self._channel.cancel(generation.uid)
-        self._channel.release(generation.uid)
+            self._end.cancel(generation.uid)
+        self._end.release(generation.uid)
 
     @property
     def open_generations(self) -> int:
         return len(self._open)
-
-    def _ensure_open(self) -> GPTServerEnd:
-        """This process's end of the channel, its fan-out task and its worker watch, made once (restarted if they
-        ever stop)."""
-        if self._channel is None:
-            self._channel = GPTServerEnd(self.address, self.queue_id)
-        if not self._tasks or any(t.done() for t in self._tasks):
-            for t in self._tasks:
-                t.cancel()
-            self._tasks = [
-                asyncio.create_task(fan_out(self._channel, self._deliver)),
-                asyncio.create_task(self._watch()),
-            ]
-        return self._channel
 
     def _deliver(self, item: StepItem) -> None:
         generation = self._open.get(item.uid)
         if generation is not None:  # else closed already (a stop string, the client gone): dropped
             generation.push(item)
 
-    async def _watch(self) -> None:
-        """A worker died: end every open generation of this API server with a 503 instead of a hang."""
-        while self.drain is None or not self.drain.failed:
-            await asyncio.sleep(WATCH_SECONDS)
-        for generation in list(self._open.values()):
-            message = "a server process died; the server is restarting"
-            generation.interrupt(Failure(generation.uid, 503, "worker_died", message))
+    def _interrupt(self, uid: str, failure: Failure) -> None:
+        self._open[uid].interrupt(failure)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import HTTPException
 from litserve.specs.base import LitSpec
 
 from model.gpt import decode, encode
@@ -17,7 +16,7 @@ from service.channel import ChannelAddress
 from service.chat import Chat
 from service.choices import ServedGPT
 from service.completions import Completions
-from service.errors import openai_error
+from service.errors import bad_request, model_not_found
 from service.gpt_client import GenerateClient, GPTClient
 from service.schemas.completions import (
     DetokenizeRequest,
@@ -102,12 +101,7 @@ class GPTSpec(LitSpec):
     async def model_card(self, model_id: str) -> ModelCard:
         card = next((c for c in self._cards() if c.id == model_id), None)
         if card is None:
-            raise HTTPException(
-                404,
-                openai_error(
-                    f"The model '{model_id}' does not exist.", "model", "model_not_found", "invalid_request_error"
-                ),
-            )
+            raise model_not_found(model_id)
         return card
 
     async def tokenize(self, body: TokenizeRequest) -> TokenizeResponse:
@@ -126,8 +120,5 @@ class GPTSpec(LitSpec):
         gpt.check_model(body.model)
         bad = next((t for t in body.tokens if t >= gpt.vocab_size), None)
         if bad is not None:
-            raise HTTPException(
-                400,
-                openai_error(f"token id {bad} is outside the vocabulary (size {gpt.vocab_size})", "tokens"),
-            )
+            raise bad_request(f"token id {bad} is outside the vocabulary (size {gpt.vocab_size})", "tokens")
         return DetokenizeResponse(prompt=decode(gpt.tok, body.tokens))

@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.responses import Response
 from transformers import GPT2Config
 
 from model.gpt import encode, load_tokenizer
 from model.pixels import load_pixels
-from service.errors import openai_error
+from service.errors import bad_request, model_not_found
 from service.inside_worker import AttentionJob, InsideJob, MapJob
 from service.schemas.inside import (
     MAX_INSIDE_TOKENS,
@@ -54,10 +54,6 @@ class Submitter(Protocol):
     async def call(self, payload: Any) -> Any: ...
 
 
-def _bad(message: str, param: str, code: str = "invalid_value") -> HTTPException:
-    return HTTPException(400, openai_error(message, param, code))
-
-
 class InsideRoutes:
     """Checks requests against the GPT's shape, then sends them to the embeddings worker as jobs."""
 
@@ -70,15 +66,12 @@ class InsideRoutes:
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.settings.gpt_model_id:
-            raise HTTPException(
-                404,
-                openai_error(f"The model '{model}' does not exist.", "model", "model_not_found", "not_found_error"),
-            )
+            raise model_not_found(model)
 
     def tokens(self, text: str, param: str) -> list[int]:
         ids = encode(self.tok, text)
         if len(ids) > MAX_INSIDE_TOKENS:
-            raise _bad(
+            raise bad_request(
                 f"{param} is {len(ids)} tokens; at most {MAX_INSIDE_TOKENS} are shown", param, "context_length_exceeded"
             )
         return ids
@@ -93,7 +86,7 @@ class InsideRoutes:
             return list(range(count))
         bad = next((i for i in chosen if i >= count), None)
         if bad is not None:
-            raise _bad(f"{what} {bad} does not exist: this model has {count} {what}s (0..{count - 1})", param)
+            raise bad_request(f"{what} {bad} does not exist: this model has {count} {what}s (0..{count - 1})", param)
         return chosen
 
     async def submit(self, job: InsideJob) -> Response:

@@ -115,7 +115,7 @@ def fake_gpt(script: Script, settings: Settings | None = None, **worker: object)
     client = GPTClient(ChannelAddress("/nonexistent"))
     spec = GPTSpec(settings, client.address, client=client)
     scripted = ScriptedWorker(script, spec.served.tok, spec.served.eot_id, **worker)  # type: ignore[arg-type]
-    client._channel = scripted  # type: ignore[assignment]
+    client._end = scripted  # type: ignore[assignment]
     spec.pre_setup(None)
     app = FastAPI()
     for path, endpoint, methods in spec.endpoints:
