@@ -34,7 +34,7 @@ COPY wheels/app/*.whl /tmp/app/
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index --no-deps /tmp/app/*.whl \
  && rm -rf /tmp/app \
  && /opt/venv/bin/pip check --disable-pip-version-check \
- && PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python -c "import service.server"
+ && PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python -c "import service.runtime.lifecycle"
 # HF_HOME and the metrics directory live under /tmp: the root filesystem may be mounted read-only (Kubernetes),
 # and /tmp is then an emptyDir. PYTHONDONTWRITEBYTECODE: pip compiled everything; nothing to write at run time.
 ENV PATH=/opt/venv/bin:$PATH \

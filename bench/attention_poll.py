@@ -21,7 +21,7 @@ import aiohttp
 from bench.loadgen import LoadConfig, run_load, stats
 from bench.prompts import build_prompts, local_tokenizer
 from bench.serve import serving
-from service.schemas.inside import MAX_INSIDE_TOKENS
+from service.schemas.introspection import MAX_INSIDE_TOKENS
 
 
 async def poll(url: str, prompt: str, interval: float, stop: asyncio.Event) -> list[float]:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Imported here, not at the top: torch and LitServe take seconds to import, and --help or a bad
     # setting should answer at once.
-    from service.server import serve
+    from service.runtime.lifecycle import serve
 
     try:
         serve(settings)

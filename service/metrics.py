@@ -67,7 +67,7 @@ CLASSIFY_PREDICT_SECONDS = Histogram(
     registry=None,
 )
 
-# Filled by service/batch_worker.py's batch thread, from each request's arrival time at its API server.
+# Filled by service/workers/batched.py's batch thread, from each request's arrival time at its API server.
 BATCHED_QUEUE_TIME = Histogram(
     "tinyserve_batched_request_queue_time_seconds",
     "Seconds from the API server queuing a classify or embeddings request to a worker taking it into a batch.",
@@ -76,7 +76,7 @@ BATCHED_QUEUE_TIME = Histogram(
     registry=None,
 )
 
-# Filled by the embeddings worker, which also answers /v1/attention and /v1/embeddings/map (service/embeddings.py).
+# Filled by the embeddings worker (workers/embeddings.py), which also runs /v1/attention and /v1/embeddings/map.
 INSIDE_SECONDS = Histogram(
     "tinyserve_inside_seconds",
     "Seconds for one batched pass of the GPT's attention or embedding-map requests, by kind.",

@@ -1,6 +1,6 @@
 """A scripted GPT worker behind the real GPT client, and the GPT's HTTP app around it, all in one process.
 
-The client (service/gpt_client.py) runs as in the server: its buffers, fan-out, deadline and worker watch are the
+The client (transport/gpt_client.py) runs as in the server: its buffers, fan-out, deadline and worker watch are the
 real ones; only its end of the channel is replaced by `ScriptedWorker`, which answers each `Submit` with the
 tokens of a scripted text, some per step. Needs the model folder's tokenizer and config, never its weights.
 """
@@ -16,12 +16,13 @@ from fastapi import FastAPI
 from transformers import PreTrainedTokenizerFast
 
 from model.gpt import encode
-from service.channel import ChannelAddress
-from service.errors import install_error_handlers
-from service.gpt_client import GPTClient
-from service.gpt_protocol import Failure, FinishReason, StepItem, Submit, Token
-from service.gpt_spec import GPTSpec
+from service.api.errors import install_error_handlers
+from service.api.gpt.routes import GPTRoutes
+from service.api.gpt.served import ServedGPT
 from service.settings import Settings
+from service.transport.channel import ChannelAddress
+from service.transport.gpt_client import GPTClient
+from service.transport.messages import Cancel, Failure, FinishReason, GPTReply, Submit, Token
 
 # What the worker answers a submit with: the text to generate, or a Failure, given the Submit.
 Script = Callable[[Submit], "str | Failure"]
@@ -41,13 +42,17 @@ class ScriptedWorker:
     submitted: list[Submit] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
-    _inbox: asyncio.Queue[list[StepItem]] = field(default_factory=asyncio.Queue)
+    _inbox: asyncio.Queue[list[GPTReply]] = field(default_factory=asyncio.Queue)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: set[str] = field(default_factory=set)
 
     def submit(self, message: Submit) -> None:
         self.submitted.append(message)
         self._tasks.append(asyncio.get_running_loop().create_task(self._generate(message)))
+
+    def send_after(self, uid: str, item: object) -> None:
+        assert isinstance(item, Cancel) and item.uid == uid
+        self.cancel(uid)
 
     def cancel(self, uid: str) -> None:
         self.cancelled.append(uid)
@@ -58,7 +63,7 @@ class ScriptedWorker:
     def release(self, uid: str) -> None:
         self.released.append(uid)
 
-    async def receive(self) -> list[StepItem]:
+    async def receive(self) -> list[GPTReply]:
         return await self._inbox.get()
 
     async def _generate(self, message: Submit) -> None:
@@ -95,12 +100,12 @@ class ScriptedWorker:
                 )
             if batch[-1].finish is not None:
                 self._stopped.add(message.uid)
-            self._inbox.put_nowait(list[StepItem](batch))
+            self._inbox.put_nowait(list[GPTReply](batch))
 
 
 @dataclass
 class FakeGPT:
-    spec: GPTSpec
+    routes: GPTRoutes
     client: GPTClient
     worker: ScriptedWorker
     app: FastAPI
@@ -110,18 +115,16 @@ class FakeGPT:
 
 
 def fake_gpt(script: Script, settings: Settings | None = None, **worker: object) -> FakeGPT:
-    """The GPT's routes, as LitServe registers them, on a real client whose worker is scripted."""
+    """The GPT's routes, as the server registers them, on a real client whose worker is scripted."""
     settings = settings or Settings()
     client = GPTClient(ChannelAddress("/nonexistent"))
-    spec = GPTSpec(settings, client.address, client=client)
-    scripted = ScriptedWorker(script, spec.served.tok, spec.served.eot_id, **worker)  # type: ignore[arg-type]
+    routes = GPTRoutes(ServedGPT.load(settings, client))
+    scripted = ScriptedWorker(script, routes.served.tok, routes.served.eot_id, **worker)  # type: ignore[arg-type]
     client._end = scripted  # type: ignore[assignment]
-    spec.pre_setup(None)
     app = FastAPI()
-    for path, endpoint, methods in spec.endpoints:
-        app.add_api_route(path, endpoint, methods=methods)
+    routes.register(app)
     install_error_handlers(app)
-    return FakeGPT(spec, client, scripted, app)
+    return FakeGPT(routes, client, scripted, app)
 
 
 def says(text: str) -> Script:

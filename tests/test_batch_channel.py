@@ -1,5 +1,5 @@
-"""The batched models' transport in one process: the worker's threads (service/batch_worker.py) and the API-server
-side (service/batch_client.py) over real ZeroMQ sockets, with a fake model."""
+"""The batched models' transport in one process: the worker's threads (service/workers/batched.py) and the API-server
+side (service/transport/batch_client.py) over real ZeroMQ sockets, with a fake model."""
 
 from __future__ import annotations
 
@@ -11,20 +11,23 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import litserve as ls
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from service.batch_client import BatchClient, BatchServerEnd, BatchSpec
-from service.batch_protocol import Answer, Job, Reply
-from service.batch_worker import BatchWorkerEnd, queue_job, run_batches
-from service.batcher import BatchLimits, DynamicBatcher
-from service.channel import ChannelAddress, WorkerEnd
-from service.errors import install_error_handlers
-from service.gpt_protocol import Failure
-from service.guards import Drain
-from service.worker_threads import intake
+from service.api.batched import answer
+from service.api.errors import bad_request, install_error_handlers
+from service.runtime.state import ServerState
+from service.transport.batch_client import BatchClient
+from service.transport.channel import ChannelAddress, ServerEnd, WorkerEnd
+from service.transport.messages import Answer, BatchReply, Failure, Job
+from service.workers.batched import BatchChannel, BatchedWorker, BatchWorkerEnd, queue_job, run_batch, run_batches
+from service.workers.batcher import BatchLimits, DynamicBatcher
+from service.workers.threads import intake
+
+BatchServerEnd = ServerEnd[Job, BatchReply]
+Reply = BatchReply
 
 
 class Body(BaseModel):
@@ -35,28 +38,24 @@ class Doubled(BaseModel):
     doubled: int
 
 
-class Doubler(ls.LitAPI):
+class Doubler(BatchedWorker):
     """Records every batch it runs; `gate` holds a batch until the test lets it go."""
 
     def __init__(self) -> None:
-        super().__init__(max_batch_size=8, api_path="/v1/double")
+        super().__init__("/v1/double", BatchChannel(ChannelAddress("/nonexistent"), BatchLimits(max_batch_size=8)))
         self.batches: list[list[int]] = []
         self.gate = threading.Event()
         self.gate.set()
 
     def decode_request(self, request: Body) -> int:
+        if request.x == 13:  # what only the worker can know: refused alone, its batch runs
+            raise bad_request("x: 13 is unlucky", "x")
         return request.x
-
-    def batch(self, inputs: list[int]) -> list[int]:
-        return inputs
 
     def predict(self, x: list[int]) -> list[int]:
         self.gate.wait(10)
         self.batches.append(list(x))
         return [2 * v for v in x]
-
-    def unbatch(self, output: list[int]) -> list[int]:
-        return output
 
     def encode_response(self, output: int) -> Doubled:
         return Doubled(doubled=output)
@@ -135,52 +134,63 @@ def test_past_the_queue_bound_a_request_is_answered_503_at_once(address: Channel
     assert first == [Failure("refused", 503, "overloaded", why)]
 
 
-def app_for(spec: BatchSpec) -> FastAPI:
+def app_for(client: BatchClient) -> FastAPI:
+    """The route as service/api/batched.py makes each: the body validated, then sent to the worker."""
     app = FastAPI()
     install_error_handlers(app)
-    for path, endpoint, methods in spec.endpoints:
-        app.add_api_route(path, endpoint, methods=methods)
+
+    async def double(body: Body) -> Response:
+        return await answer(client, body)
+
+    app.add_api_route("/v1/double", double, methods=["POST"], response_model=Doubled)
     return app
 
 
-def spec_for(api: Doubler, address: ChannelAddress, drain: Drain | None = None, timeout: float = 30) -> BatchSpec:
-    spec = BatchSpec("/v1/double", BatchClient(address, timeout, drain))
-    spec.pre_setup(api)
-    spec.response_queue_id = 0
-    return spec
+def client_for(address: ChannelAddress, state: ServerState | None = None, timeout: float = 30) -> BatchClient:
+    return BatchClient(address, timeout, state)
 
 
-async def post(spec: BatchSpec, bodies: list[Any]) -> list[httpx.Response]:
-    transport = httpx.ASGITransport(app=app_for(spec))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        return await asyncio.gather(*(client.post("/v1/double", json=body) for body in bodies))
+async def post(client: BatchClient, bodies: list[Any]) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app_for(client))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        return await asyncio.gather(*(http.post("/v1/double", json=body) for body in bodies))
 
 
 def test_the_route_validates_the_body_then_answers_from_the_worker(address: ChannelAddress) -> None:
     api = Doubler()
     start_worker(api, address, BatchLimits(max_batch_size=8))
-    answers = asyncio.run(asyncio.wait_for(post(spec_for(api, address), [{"x": i} for i in range(5)]), 30))
+    answers = asyncio.run(asyncio.wait_for(post(client_for(address), [{"x": i} for i in range(5)]), 30))
     assert [r.json() for r in answers] == [{"doubled": 2 * i} for i in range(5)]
-    [bad] = asyncio.run(asyncio.wait_for(post(spec_for(api, address), [{"x": 101}]), 30))
+    [bad] = asyncio.run(asyncio.wait_for(post(client_for(address), [{"x": 101}]), 30))
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "x"
     assert sum(len(b) for b in api.batches) == 5  # the bad body never reached a batch
 
 
 def test_no_answer_within_the_timeout_is_a_504(address: ChannelAddress) -> None:
-    [late] = asyncio.run(asyncio.wait_for(post(spec_for(Doubler(), address, timeout=0.2), [{"x": 1}]), 30))
+    [late] = asyncio.run(asyncio.wait_for(post(client_for(address, timeout=0.2), [{"x": 1}]), 30))
     assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
 
 
 def test_a_dead_process_answers_open_requests_503(address: ChannelAddress) -> None:
-    drain = Drain()
-    spec = spec_for(Doubler(), address, drain)  # no worker: the request waits
+    state = ServerState()
+    client = client_for(address, state)  # no worker: the request waits
 
     async def scenario() -> httpx.Response:
-        pending = asyncio.ensure_future(post(spec, [{"x": 1}]))
+        pending = asyncio.ensure_future(post(client, [{"x": 1}]))
         await asyncio.sleep(0.3)
-        drain.worker_died.value = 1
+        state.child_died.value = 1
         [answer] = await pending
         return answer
 
     answer = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "worker_died"
+
+
+def test_a_request_the_worker_refuses_fails_alone_and_its_batch_runs() -> None:
+    api = Doubler()
+    jobs = [Job(0, uid, 0.0, Body(x=x)) for uid, x in (("a", 1), ("unlucky", 13), ("b", 2))]
+    replies = run_batch(api, jobs)
+    assert [r.uid for r in replies] == ["a", "unlucky", "b"]
+    assert replies[1] == Failure("unlucky", 400, "invalid_value", "x: 13 is unlucky", "x")
+    assert [json.loads(r.body)["doubled"] for r in replies if isinstance(r, Answer)] == [2, 4]
+    assert api.batches == [[1, 2]]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from service.batcher import BatchLimits, DynamicBatcher
+from service.workers.batcher import BatchLimits, DynamicBatcher
 
 
 def test_with_no_delay_a_batch_is_what_is_queued_now_up_to_the_max() -> None:

@@ -1,21 +1,21 @@
-"""The channel (service/channel.py) with the GPT's messages, in one process: routing, cancels, back-pressure."""
+"""The channel (transport/channel.py) with the GPT's messages, in one process: routing, cancels, back-pressure."""
 
 import asyncio
 
 import pytest
 
 from model.sampling import SamplingParams
-from service import channel
-from service.channel import ChannelAddress, ChannelFull, WorkerEnd, broadcast
-from service.gpt_client import GPTServerEnd
-from service.gpt_protocol import Cancel, ServerGone, StepItem, Submit, Token, WorkerRequest
+from service.transport import channel
+from service.transport.channel import ChannelAddress, ChannelFull, ServerEnd, WorkerEnd, broadcast
+from service.transport.messages import Cancel, GPTReply, GPTRequest, ServerGone, Submit, Token
 
-GPTWorkerEnd = WorkerEnd[WorkerRequest, StepItem]
+GPTWorkerEnd = WorkerEnd[GPTRequest, GPTReply]
+GPTServerEnd = ServerEnd[Submit, GPTReply]
 PARAMS = SamplingParams(max_tokens=4)
 
 
 def submit(api: GPTServerEnd, uid: str, arrival: float = 0.0) -> Submit:
-    message = Submit(api.queue_id, uid, arrival, [1, 2], PARAMS)
+    message = Submit(api.server_index, uid, arrival, [1, 2], PARAMS)
     api.submit(message)
     return message
 
@@ -35,15 +35,17 @@ def test_requests_reach_a_worker_and_steps_come_back_to_the_api_server_that_sent
             sent = submit(api[1], "u1", 1.5)
             got = [w.receive(timeout_ms=2000) for w in workers]
             item = next(g for g in got if g is not None)
-            assert item == sent and isinstance(item, Submit) and item.queue_id == 1  # tagged with the sender's queue
+            assert (
+                item == sent and isinstance(item, Submit) and item.server_index == 1
+            )  # tagged with the sender's queue
             worker = workers[got.index(item)]
-            worker.send(item.queue_id, [Token("u1", 7, None, None, None)])
+            worker.send(item.server_index, [Token("u1", 7, None, None, None)])
             assert await asyncio.wait_for(api[1].receive(), 5) == [Token("u1", 7, None, None, None)]
             # The cancel follows its request to the same worker, even when the other one is less loaded now.
-            api[1].cancel("u1")
+            api[1].send_after("u1", Cancel(1, "u1"))
             assert worker.receive(timeout_ms=2000) == Cancel(1, "u1")
             api[1].release("u1")
-            api[1].cancel("u1")  # released: nothing to send any more
+            api[1].send_after("u1", Cancel(1, "u1"))  # released: nothing to send any more
             assert all(w.receive(timeout_ms=100) is None for w in workers)
         finally:
             for w in workers:

@@ -58,12 +58,12 @@ def test_the_prompt_is_what_hugging_face_renders_from_the_folder(folder_with_tem
 
     async def main() -> str:
         gpt = fake_gpt(says(REPLY), settings=Settings(gpt_dir=folder_with_template))
-        assert gpt.spec.chat.render([ChatMessage.model_validate(m) for m in MESSAGES]) == expected
+        assert gpt.routes.chat.render([ChatMessage.model_validate(m) for m in MESSAGES]) == expected
         async with gpt.http() as http:
             r = await http.post("/v1/chat/completions", json={"messages": MESSAGES})
         assert r.status_code == 200, r.text
         (submitted,) = gpt.worker.submitted
-        return decode(gpt.spec.served.tok, submitted.prompt_ids)
+        return decode(gpt.routes.served.tok, submitted.prompt_ids)
 
     assert asyncio.run(main()) == expected  # byte for byte what the worker was asked to continue
 

@@ -9,10 +9,10 @@ import json
 import pytest
 
 from model.gpt import encode
-from service.channel import ChannelFull
-from service.gpt_protocol import Failure, Submit
 from service.schemas.completions import CompletionRequest
 from service.schemas.sampling import SamplingDefaults
+from service.transport.channel import ChannelFull
+from service.transport.messages import Failure, Submit
 from tests.fake_gpt import FakeGPT, fake_gpt, says
 
 TEXT = "To be, or not to be: that is the question."
@@ -37,8 +37,8 @@ def test_a_completion_is_the_generated_text_with_usage_and_finish():
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["choices"][0]["text"] == TEXT and body["choices"][0]["finish_reason"] == "stop"
-        generated = len(encode(gpt.spec.served.tok, TEXT)) + 1  # and the end-of-text token
-        prompt = len(encode(gpt.spec.served.tok, "KING."))
+        generated = len(encode(gpt.routes.served.tok, TEXT)) + 1  # and the end-of-text token
+        prompt = len(encode(gpt.routes.served.tok, "KING."))
         assert body["usage"] == {
             "prompt_tokens": prompt,
             "completion_tokens": generated,
@@ -83,7 +83,8 @@ def test_the_stream_sends_each_token_then_usage_then_done():
         assert data[-1] == "[DONE]"
         usage = json.loads(data[-2])
         assert (
-            usage["choices"] == [] and usage["usage"]["completion_tokens"] == len(encode(gpt.spec.served.tok, TEXT)) + 1
+            usage["choices"] == []
+            and usage["usage"]["completion_tokens"] == len(encode(gpt.routes.served.tok, TEXT)) + 1
         )
         chunks = [json.loads(e) for e in data[:-2]]
         assert "".join(c["choices"][0]["text"] for c in chunks) == TEXT
@@ -148,7 +149,7 @@ def test_the_deadline_ends_a_request_and_cancels_it_on_the_worker():
         assert err["code"] == "deadline_exceeded" and err["param"] == "timeout"
         data = events(streamed.text)
         assert json.loads(data[-2])["error"]["code"] == "deadline_exceeded" and data[-1] == "[DONE]"
-        assert 1 <= len(data) - 2 < len(encode(gpt.spec.served.tok, TEXT))  # some tokens, then the deadline
+        assert 1 <= len(data) - 2 < len(encode(gpt.routes.served.tok, TEXT))  # some tokens, then the deadline
         await settle(gpt)
         assert gpt.worker.cancelled == [s.uid for s in gpt.worker.submitted]
         assert gpt.client.open_generations == 0
@@ -160,7 +161,7 @@ def test_a_client_that_leaves_mid_stream_cancels_its_choices():
     async def main() -> None:
         gpt = fake_gpt(says(TEXT), step_seconds=0.01)
         body = CompletionRequest(prompt="x", max_tokens=64, n=2, stream=True)
-        response = await gpt.spec.completions.create(body, request=None)  # type: ignore[arg-type]
+        response = await gpt.routes.completions.create(body, request=None)  # type: ignore[arg-type]
         stream = response.body_iterator
         for _ in range(3):
             await anext(stream)

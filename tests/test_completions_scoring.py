@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from model.gpt import decode, encode
-from service.gpt_protocol import Submit
+from service.transport.messages import Submit
 from tests.fake_gpt import FakeGPT, fake_gpt, says
 from tests.test_completions_protocol import events
 
@@ -44,10 +44,10 @@ def test_echo_with_logprobs_scores_the_prompt_first():
     assert status == 200, body
     (choice,) = body["choices"]
     lp = choice["logprobs"]
-    prompt_ids = encode(gpt.spec.served.tok, PROMPT)
+    prompt_ids = encode(gpt.routes.served.tok, PROMPT)
     n = len(prompt_ids)
     assert choice["text"] == PROMPT + " to be"
-    assert lp["tokens"][:n] == [decode(gpt.spec.served.tok, [t]) for t in prompt_ids]
+    assert lp["tokens"][:n] == [decode(gpt.routes.served.tok, [t]) for t in prompt_ids]
     assert lp["tokens"][n:] == [" to", " be"]
     assert lp["token_logprobs"] == [None] + [-1.0] * (n - 1) + [-0.5, -0.5]
     assert lp["top_logprobs"][0] is None and lp["top_logprobs"][1] == {lp["tokens"][1]: -1.0}
@@ -78,7 +78,7 @@ def test_max_tokens_0_with_echo_scores_only_and_without_echo_is_a_400():
 
 def test_a_prompt_only_scored_may_fill_the_context():
     gpt = fake_gpt(says("x"))
-    full = [5] * gpt.spec.served.context_length
+    full = [5] * gpt.routes.served.context_length
     (status, body), (refused, error) = posts(
         gpt, {"prompt": full, "max_tokens": 0, "logprobs": 0, "echo": True}, {"prompt": full, "max_tokens": 1}
     )
@@ -96,7 +96,7 @@ def test_a_streamed_echo_sends_the_prompt_and_its_logprobs_in_the_first_chunk():
     chunks = [json.loads(e)["choices"][0] for e in events(text) if e != "[DONE]"]
     first = chunks[0]
     assert first["text"].startswith(PROMPT) and first["logprobs"]["token_logprobs"][0] is None
-    n = len(encode(gpt.spec.served.tok, PROMPT))
+    n = len(encode(gpt.routes.served.tok, PROMPT))
     assert len(first["logprobs"]["tokens"]) >= n
     assert "".join(c["text"] for c in chunks) == PROMPT + " to be"
     assert sum(len(c["logprobs"]["tokens"]) for c in chunks) == n + 2
@@ -106,7 +106,7 @@ def test_a_streamed_echo_sends_the_prompt_and_its_logprobs_in_the_first_chunk():
 
 def test_token_id_prompts_are_taken_as_given_and_echoed_as_text():
     gpt = fake_gpt(says(" be"))
-    ids = encode(gpt.spec.served.tok, "To be")
+    ids = encode(gpt.routes.served.tok, "To be")
     (status, body), (status2, body2) = posts(
         gpt, {"prompt": ids, "max_tokens": 1, "echo": True}, {"prompt": [ids, ids[:1]], "max_tokens": 1}
     )
@@ -145,7 +145,7 @@ def test_best_of_returns_the_n_of_highest_mean_logprob():
     assert [c["text"] for c in body["choices"]] == [" seed 11", " seed 12"]
     assert [c["index"] for c in body["choices"]] == [0, 1] and body["choices"][0]["logprobs"] is None
     assert len(gpt.worker.submitted) == 3 and all(s.params.logprobs == 0 for s in gpt.worker.submitted)
-    per_candidate = len(encode(gpt.spec.served.tok, " seed 11")) + 1
+    per_candidate = len(encode(gpt.routes.served.tok, " seed 11")) + 1
     assert body["usage"]["completion_tokens"] == 3 * per_candidate  # every candidate was generated
 
 

@@ -187,10 +187,10 @@ def test_k8s_pod_probes_drains_and_runs_locked_down() -> None:
     assert "emptyDir" in pod["volumes"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
-    # SIGKILL must come after the preStop pause plus the server's own drain.
+    # SIGKILL must come after the preStop pause plus the server's own state.
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    drain = float(documents["ConfigMap"]["data"]["TINYSERVE_SHUTDOWN_GRACE_SECONDS"])
-    assert pod["terminationGracePeriodSeconds"] > pause + drain
+    state = float(documents["ConfigMap"]["data"]["TINYSERVE_SHUTDOWN_GRACE_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > pause + state
 
 
 def test_k8s_autoscaler_uses_an_exported_metric() -> None:

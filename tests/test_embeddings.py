@@ -1,4 +1,4 @@
-"""Embeddings in-process: token-id inputs, base64 vectors, `dimensions`, and a bad request failing alone."""
+"""Embeddings in-process: token-id inputs, base64 vectors, `dimensions`, and bad requests refused by the route."""
 
 import base64
 import json
@@ -11,28 +11,36 @@ from fastapi import HTTPException
 from pydantic import ValidationError
 
 from model.gpt import encode
-from service.batch_protocol import Answer, Job
-from service.batch_worker import BatchChannel, run_batch
-from service.batcher import BatchLimits
-from service.channel import ChannelAddress
-from service.embeddings import EmbeddingsAPI
-from service.gpt_protocol import Failure
+from service.api.batched import check_embeddings
+from service.api.gpt.served import ServedGPT
 from service.schemas.embeddings import EmbeddingRequest
 from service.settings import Settings
+from service.transport.channel import ChannelAddress
+from service.transport.gpt_client import GPTClient
+from service.transport.messages import Answer, Job
+from service.workers.batched import BatchChannel, run_batch
+from service.workers.batcher import BatchLimits
+from service.workers.embeddings import EmbeddingsWorker
 
 
 @pytest.fixture(scope="module")
-def api() -> EmbeddingsAPI:
+def served() -> ServedGPT:
+    """The API side's view of the GPT (tokenizer and config; its client is never used here)."""
+    return ServedGPT.load(Settings(), GPTClient(ChannelAddress("/nonexistent")))
+
+
+@pytest.fixture(scope="module")
+def api() -> EmbeddingsWorker:
     # No worker threads run here: the channel's address is never bound.
-    embeddings = EmbeddingsAPI(Settings(), BatchChannel(ChannelAddress("unused"), BatchLimits(max_batch_size=8)))
+    embeddings = EmbeddingsWorker(Settings(), BatchChannel(ChannelAddress("unused"), BatchLimits(max_batch_size=8)))
     embeddings.setup("cpu")
     return embeddings
 
 
-def answer(api: EmbeddingsAPI, body: dict[str, Any]) -> dict[str, Any]:
-    """One request through the API's own hooks, as the batch thread runs them with max_batch_size 1."""
+def answer(api: EmbeddingsWorker, body: dict[str, Any]) -> dict[str, Any]:
+    """One request through the worker's hooks, as the batch thread runs them."""
     request = EmbeddingRequest.model_validate(body)
-    return api.encode_response(api.predict(api.decode_request(request))).model_dump()
+    return api.encode_response(api.predict([api.decode_request(request)])[0]).model_dump()
 
 
 def vectors(response: dict[str, Any]) -> list[Any]:
@@ -66,9 +74,9 @@ def test_token_id_inputs_embed_as_their_text(api):
         ({"input": "x", "dimensions": 7}, "dimensions"),
     ],
 )
-def test_what_the_schema_cannot_know_is_a_400_naming_it(api, body, param):
+def test_what_the_schema_cannot_know_is_a_400_naming_it(served, body, param):
     with pytest.raises(HTTPException) as err:
-        api.decode_request(EmbeddingRequest.model_validate(body))
+        check_embeddings(EmbeddingRequest.model_validate(body), served)
     detail: Any = err.value.detail
     assert err.value.status_code == 400 and detail["error"]["param"] == param
 
@@ -85,14 +93,16 @@ def test_schema_refuses_malformed_inputs(body):
         EmbeddingRequest.model_validate(body)
 
 
-def test_a_bad_request_fails_alone_and_its_batch_runs(api):
+def test_a_batch_runs_every_request_and_answers_each_in_order(api, served):
     good = EmbeddingRequest.model_validate({"input": "a"})
     bad = EmbeddingRequest.model_validate({"input": [1, 10**6]})
-    jobs = [Job(0, uid, 0.0, request) for uid, request in (("good", good), ("bad", bad), ("good2", good))]
+    with pytest.raises(HTTPException) as err:  # refused by the route: it never reaches a batch
+        check_embeddings(bad, served)
+    assert "outside the vocabulary" in err.value.detail["error"]["message"]  # type: ignore[index]
+    other = EmbeddingRequest.model_validate({"input": ["b", "c"]})
+    jobs = [Job(0, uid, 0.0, request) for uid, request in (("good", good), ("other", other), ("good2", good))]
     replies = run_batch(api, jobs)
-    assert [r.uid for r in replies] == ["good", "bad", "good2"]
-    assert isinstance(replies[0], Answer) and isinstance(replies[2], Answer)
-    refused = replies[1]
-    assert isinstance(refused, Failure) and (refused.status, refused.param) == (400, "input.1")
-    assert "outside the vocabulary" in refused.message
-    assert vectors(json.loads(replies[0].body)) == vectors(json.loads(replies[2].body))
+    assert [r.uid for r in replies] == ["good", "other", "good2"]
+    assert all(isinstance(r, Answer) for r in replies)
+    bodies = [json.loads(r.body) for r in replies if isinstance(r, Answer)]
+    assert vectors(bodies[0]) == vectors(bodies[2]) and len(vectors(bodies[1])) == 2

@@ -22,11 +22,15 @@ from model.embedding_map import Plane, find
 from model.gpt import GPT_DIR, encode, gpt_config, load_gpt, load_tokenizer
 from model.pixels import load_pixels
 from model.two_meanings import measure
-from service.errors import install_error_handlers
-from service.inside import InsideRoutes, pixel_network, register_inside_routes
-from service.inside_worker import AttentionJob, GPTInside, MapJob
-from service.schemas.inside import MAX_INSIDE_TOKENS, EmbeddingMapRequest, PixelNetwork
+from service.api.errors import install_error_handlers
+from service.api.gpt.served import ServedGPT
+from service.api.introspection import IntrospectionRoutes, pixel_network, register_introspection_routes
+from service.schemas.introspection import MAX_INSIDE_TOKENS, EmbeddingMapRequest, PixelNetwork
 from service.settings import Settings
+from service.transport.channel import ChannelAddress
+from service.transport.gpt_client import GPTClient
+from service.transport.messages import AttentionJob, MapJob
+from service.workers.introspection import GPTIntrospection
 from tests.helpers import metric_value
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +55,8 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def inside(gpt, tok) -> GPTInside:
-    return GPTInside(gpt, tok, "tinyserve-gpt")
+def inside(gpt, tok) -> GPTIntrospection:
+    return GPTIntrospection(gpt, tok, "tinyserve-gpt")
 
 
 def reference(model: GPT2LMHeadModel, ids: list[int]) -> torch.Tensor:
@@ -194,29 +198,29 @@ def plain_forward(network: PixelNetwork, pixels: list[float]) -> list[list[float
     return [v.tolist() for v in values]
 
 
-# Run apart: service.classify and service.embeddings import service.metrics, which refuses to load once
+# Run apart: service.workers.classify and service.workers.embeddings import service.metrics, which refuses to load once
 # prometheus_client is imported (tests.helpers imports it in this process), as in tests/test_channel.py.
 WORKER_CHECKS = """
 import json, sys
 from model.gpt import encode
-from service.batch_worker import BatchChannel
-from service.batcher import BatchLimits
-from service.channel import ChannelAddress
-from service.classify import ClassifyAPI, PixelInput
-from service.embeddings import EmbeddingsAPI
-from service.inside_worker import AttentionJob
+from service.workers.batched import BatchChannel
+from service.workers.batcher import BatchLimits
+from service.transport.channel import ChannelAddress
+from service.workers.classify import ClassifierWorker, PixelInput
+from service.workers.embeddings import EmbeddingsWorker
+from service.transport.messages import AttentionJob
 from service.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 from service.settings import Settings
 
 pixels = json.loads(sys.argv[1])
-classify = ClassifyAPI(Settings().pixels_dir, BatchChannel(ChannelAddress("unused"), BatchLimits(32)))
+classify = ClassifierWorker(Settings().pixels_dir, BatchChannel(ChannelAddress("unused"), BatchLimits(32)))
 classify.setup("cpu")
 outputs = classify.predict([PixelInput(p, True) for p in pixels] + [PixelInput(pixels[0], False)])
-embeddings = EmbeddingsAPI(Settings(), BatchChannel(ChannelAddress("unused"), BatchLimits(8)))
+embeddings = EmbeddingsWorker(Settings(), BatchChannel(ChannelAddress("unused"), BatchLimits(8)))
 embeddings.setup("cpu")
 texts = embeddings.decode_request(EmbeddingRequest(input=["to be", "or not to be"]))
 job = AttentionJob(encode(embeddings.tok, "O Romeo"), [0], [0])
-embedded, answer = embeddings.unbatch(embeddings.predict(embeddings.batch([texts, job])))
+embedded, answer = embeddings.predict([texts, job])
 vectors = embeddings.encode_response(embedded)
 print(json.dumps({
     "explained": [[o.probabilities, o.activations.model_dump()] for o in outputs[:-1]],
@@ -226,7 +230,7 @@ print(json.dumps({
     "attention": answer.attentions,
     "is_embedding_response": isinstance(vectors, EmbeddingResponse),
     "mixed": embedded,
-    "alone": embeddings.predict(embeddings.batch([texts]))[0],
+    "alone": embeddings.predict([texts])[0],
 }))
 """
 
@@ -281,7 +285,7 @@ def test_the_embeddings_worker_answers_texts_and_jobs_in_one_batch(worker_checks
 class WorkerBehindAFake:
     """Stands in for the embeddings' BatchClient: runs each job on the worker at once."""
 
-    def __init__(self, inside: GPTInside) -> None:
+    def __init__(self, inside: GPTIntrospection) -> None:
         self.inside = inside
         self.jobs: list[Any] = []
 
@@ -297,7 +301,8 @@ def client(inside) -> tuple[TestClient, WorkerBehindAFake]:
     fake = WorkerBehindAFake(inside)
     app = FastAPI()
     install_error_handlers(app)
-    register_inside_routes(app, InsideRoutes(settings, fake), pixel_network(settings.pixels_dir, "tinyserve-pixels"))
+    routes = IntrospectionRoutes(ServedGPT.load(settings, GPTClient(ChannelAddress("/nonexistent"))), fake)
+    register_introspection_routes(app, routes, pixel_network(settings.pixels_dir, "tinyserve-pixels"))
     return TestClient(app), fake
 
 

@@ -16,7 +16,7 @@ from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 
 from model.pixels import SYMBOL_DRAWINGS
-from service.playground import STATIC_DIR, add_playground
+from service.api.playground import STATIC_DIR, add_playground
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

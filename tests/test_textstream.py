@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model.gpt import train_tokenizer
-from service.textstream import SpeechStream, TextStream
+from service.api.gpt.textstream import SpeechStream, TextStream
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def check_inputs(v: TextOrIds, name: str, max_items: int, max_chars: int, max_id
             raise ValueError(f"token ids must be >= 0, at most {max_ids} in a {name}")
 
 
-def out_of_vocabulary(v: TextOrIds, vocab: int, name: str) -> str | None:
+def find_out_of_vocabulary(v: TextOrIds, vocab: int, name: str) -> str | None:
     """Where the first token id outside the vocabulary is (`prompt.3`, `input.1.3`), or None."""
     if isinstance(v, str):
         return None

@@ -1,0 +1,119 @@
+"""The main process's life: configure logging, build the server, start the supervisor, run until SIGTERM or
+Ctrl+C, then stop every process it started."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+import litserve as ls
+
+from service import metrics
+from service.runtime import supervisor
+from service.runtime.litserve_adapter import shutdown_event
+from service.runtime.server import build_server
+from service.runtime.state import ServerState
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _install_signal_handlers(server: ls.LitServer, state: ServerState, grace: float) -> None:
+    """Make SIGTERM stop the server as Ctrl+C does (LitServe alone leaves its processes running on SIGTERM), and
+    make both an orderly stop, never taken for a dead process."""
+    main_pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != main_pid:
+            # A forked API server that has not yet put uvicorn's own handler in place: just die.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        # Once running, LitServe's main thread waits on this manager event and then shuts down in order
+        # (HTTP servers drain, then workers stop). It is set from another thread because the main thread is
+        # blocked inside a call on the same manager connection.
+        event = shutdown_event(server)
+        if event is None:
+            raise KeyboardInterrupt  # still starting up: abort; serve() stops whatever was started
+
+        def drain_then_stop() -> None:
+            # New requests and /health get 503 at once; requests in flight get up to `grace` seconds to finish.
+            state.begin_stop()
+            deadline = time.monotonic() + grace
+            while state.inflight.value > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            logger.info("drained (%d requests still in flight); stopping", state.inflight.value)
+            event.set()
+
+        threading.Thread(target=drain_then_stop, name="sigterm-shutdown", daemon=True).start()
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        # Ctrl+C reaches every process of the group at once: mark the stop as wanted first, so that the children
+        # exiting now are not taken for deaths (service/supervisor.py), then let LitServe stop as it does.
+        if os.getpid() == main_pid:
+            state.begin_stop()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+def _stop_children(grace: float) -> None:
+    """Terminate, then kill, any child still alive: a failed start-up skips LitServe's own cleanup."""
+    children = mp.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(grace)
+        if child.is_alive():
+            child.kill()
+            child.join(1.0)
+
+
+def _configure_logging(level: str) -> None:
+    """The service's own log lines to stderr at the server's level: LitServe configures only its own logger.
+
+    The API servers are forked and inherit this; the spawned workers keep Python's default (warnings and errors).
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    service_logger = logging.getLogger("service")
+    service_logger.handlers[:] = [handler]
+    service_logger.setLevel(logging.DEBUG if level == "trace" else level.upper())
+    service_logger.propagate = False  # a library may have given the root logger a handler: one line each
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until SIGTERM or Ctrl+C; every process it started is gone on return."""
+    _configure_logging(settings.log_level)
+    metrics.clear_samples()
+    state = ServerState()
+    built = build_server(settings, state)
+    server = built.server
+    _install_signal_handlers(server, state, settings.shutdown_grace_seconds)
+    gone = functools.partial(supervisor.announce_server_gone, built.channels.gpt)
+    threading.Thread(target=supervisor.watch, args=(server, state, gone), name="supervisor", daemon=True).start()
+    try:
+        server.run(
+            host=settings.host,
+            port=settings.port,
+            num_api_servers=settings.api_servers,
+            log_level=settings.log_level,
+            generate_client_file=False,
+            loop=settings.http_loop,
+            access_log=settings.access_log,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _stop_children(grace=5.0)
+        metrics.remove_samples_dir()
+        built.remove_channels()
+    if state.failed:
+        raise SystemExit(1)  # so that the orchestrator (Docker, Kubernetes) starts a fresh server
