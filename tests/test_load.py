@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from bench.__main__ import main as bench_main
-from bench.compare import ENGINE, HF, HF_CB, NAIVE, TINYSERVE, render
+from bench.compare_report import ENGINE, HF, HF_CB, NAIVE, TINYSERVE, render
 from bench.loadgen import LoadConfig, Result, run_load, summarize
 from bench.prompts import build_prompts, local_tokenizer
 from tests.conftest import REPO, free_port
