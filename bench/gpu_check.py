@@ -4,7 +4,7 @@ Made for a GPU host lent for minutes, starting bare and reaching no network: one
 It installs the wheels `make gpu-wheels` collected (gpu-wheels/, for Python 3.12) into a temporary folder put first
 on PYTHONPATH, uses the image's own torch, then runs each step in a subprocess with a time limit:
 
-1. `pytest tests/test_cuda.py -m cuda` on the device;
+1. `pytest tests/gpu/test_cuda.py -m cuda` on the device;
 2. `python -m bench.engine` on the device (batch 1, 32, 128, 256: tokens/s and the step time split);
 3. `python -m bench.serve` with TINYSERVE_ACCELERATOR set (1, 32, 128 clients).
 
@@ -104,7 +104,7 @@ def install_wheels(wheels: Path) -> tuple[Path | None, str]:
 def steps(device: str, sizes: Sizes, env: dict[str, str], args: argparse.Namespace, junit: Path) -> list[Step]:
     py = sys.executable
     test_env = {**env, "TINYSERVE_TEST_DEVICE": device}
-    pytest = [py, "-m", "pytest", "tests/test_cuda.py", "-m", "cuda", "-rA", "-q", "-p", "no:cacheprovider"]
+    pytest = [py, "-m", "pytest", "tests/gpu/test_cuda.py", "-m", "cuda", "-rA", "-q", "-p", "no:cacheprovider"]
     pytest += [f"--junitxml={junit}", *args.pytest_args]
     engine = [py, "-m", "bench.engine", "--device", device, "--batches", sizes.engine_batches]
     engine += ["--repeats", str(sizes.engine_repeats), "--budget", "60"]

@@ -2,7 +2,7 @@
 
 The weights are recomputed from each block's input (its layer norm, then the query and key projections), so the
 model runs with whatever attention kernel it was loaded with (SDPA returns no weights) and one forward pass serves
-both the attention maps and the per-layer states. tests/test_inside.py checks them against transformers' own
+both the attention maps and the per-layer states. tests/server/test_inside.py checks them against transformers' own
 `output_attentions=True` with eager attention.
 """
 

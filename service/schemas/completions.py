@@ -134,8 +134,8 @@ class StreamChunk:
     """Writes one streamed chunk (a `Completion` with one choice) as an SSE event, for one request.
 
     The frame around the choice is `Completion`'s own JSON, made once per request; only the choice is written per
-    token: pydantic's `model_dump_json` took 8.6 us a chunk, this 0.4 (measured). tests/test_completions_streaming.py
-    checks that both give the same bytes.
+    token: pydantic's `model_dump_json` took 8.6 us a chunk, this 0.4 (measured).
+    tests/server/test_completions_streaming.py checks that both give the same bytes.
     """
 
     def __init__(self, cid: str, model: str, created: int | None = None) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from bench.gpu_wheels import PLATFORMS, PYTHON_VERSION, read_image, resolve
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WHEELS = REPO / "gpu-wheels"
 
 

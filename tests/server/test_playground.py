@@ -21,7 +21,7 @@ from service.api.playground import STATIC_DIR, add_playground
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "tests" / "artifacts"
 # Set to 1 to refresh the README's screenshot from this run.

@@ -1,6 +1,7 @@
 """Scoring through completions, in one process against the scripted GPT worker (tests/fake_gpt.py): echo with
 logprobs (the prompt's tokens first), max_tokens 0, token-id prompts, and best_of. The scores themselves are the
-engine's (tests/test_engine_controls.py) and, end to end, the shipped model's (tests/test_completions_server.py)."""
+engine's (tests/unit/test_engine_controls.py) and, end to end, the shipped model's
+(tests/server/test_completions_server.py)."""
 
 from __future__ import annotations
 

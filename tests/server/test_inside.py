@@ -33,7 +33,7 @@ from service.transport.messages import AttentionJob, MapJob
 from service.workers.introspection import GPTIntrospection
 from tests.helpers import metric_value
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["To be, or not to be, that is the question", "ROMEO.\nBut soft, what light", "O"]
 
 
@@ -199,7 +199,7 @@ def plain_forward(network: PixelNetwork, pixels: list[float]) -> list[list[float
 
 
 # Run apart: service.workers.classify and service.workers.embeddings import service.metrics, which refuses to load once
-# prometheus_client is imported (tests.helpers imports it in this process), as in tests/test_channel.py.
+# prometheus_client is imported (tests.helpers imports it in this process), as in tests/unit/test_channel.py.
 WORKER_CHECKS = """
 import json, sys
 from model.gpt import encode
