@@ -14,7 +14,7 @@ import pytest
 from model.gpt import decode, encode
 from service.transport.messages import Submit
 from tests.fake_gpt import FakeGPT, fake_gpt, says
-from tests.test_completions_protocol import events
+from tests.protocol.test_completions_protocol import events
 
 PROMPT = "To be, or not"
 

@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from model.engine import AdmissionError, Engine, SamplingParams, TokenEvent
-from tests.test_engine import CTX, PROMPTS, greedy, run, tiny_gpt, tokens
+from tests.unit.test_engine import CTX, PROMPTS, greedy, run, tiny_gpt, tokens
 
 
 @pytest.fixture(scope="module")
