@@ -33,7 +33,7 @@ def launched(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iter
     """Run `argv` with exactly `env` (output to `log`) until GET /health on `port` answers 200; SIGTERM it (then
     SIGKILL) when the block ends. A server that exits or stays unhealthy raises with the end of its log."""
     with log.open("wb") as out:
-        # A server makes its own metrics folder: one inherited from the caller (a test run) would be emptied.
+        # A server makes its own metrics folder: one named by the caller would be emptied by every server started.
         env = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:

@@ -16,10 +16,6 @@ import httpx
 import psutil
 import pytest
 
-# Before any test module imports prometheus_client: service.metrics picks its multiprocess mode at import, and
-# in-process tests of the APIs import it (a server subprocess gets a folder of its own: see start_server).
-import service.metrics  # noqa: F401
-
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0  # spawning workers imports torch in each: slow on a busy 2-core machine
 STOP_TIMEOUT_S = 30.0
@@ -59,8 +55,7 @@ def free_port() -> int:
 def start_server(workdir: Path, **settings: str) -> ServerProcess:
     """Start `python -m service` on a free loopback port and wait until /health answers 200."""
     port = free_port()
-    # The test process's own metrics folder stays its own: a server that shared it would empty it at start.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}
     env.update({f"TINYSERVE_{name.upper()}": value for name, value in settings.items()})
     env["TINYSERVE_HOST"] = "127.0.0.1"
     env["TINYSERVE_PORT"] = str(port)

@@ -71,7 +71,7 @@ class Guard:
         if self.state.stopping or self.state.failed:
             # SIGTERM, or a dead child process: health says so (the orchestrator stops routing here, or restarts
             # us) and new work goes elsewhere.
-            metrics.REJECTED.labels(self._label(path), "shutting_down").inc()
+            metrics.get().rejected.labels(self._label(path), "shutting_down").inc()
             why = "a server process died; the server is restarting" if self.state.failed else "server shutting down"
             await _reply(
                 send,
@@ -91,7 +91,7 @@ class Guard:
             given = dict(scope["headers"]).get(b"authorization", b"")
             # Constant-time comparison: the time taken must not tell how much of a guess was right.
             if not hmac.compare_digest(given, self.expected):
-                metrics.REJECTED.labels(self._label(path), "unauthorized").inc()
+                metrics.get().rejected.labels(self._label(path), "unauthorized").inc()
                 await _reply(
                     send,
                     401,
@@ -115,7 +115,7 @@ class Guard:
             if admitted:
                 count.value += 1
         if not admitted:
-            metrics.REJECTED.labels(self._label(path), "overloaded").inc()
+            metrics.get().rejected.labels(self._label(path), "overloaded").inc()
             await _reply(
                 send,
                 503,

@@ -92,7 +92,13 @@ def _configure_logging(level: str) -> None:
 def serve(settings: Settings) -> None:
     """Run the server until SIGTERM or Ctrl+C; every process it started is gone on return."""
     _configure_logging(settings.log_level)
-    metrics.clear_samples()
+    # Before anything records a metric (build_server records the info metrics): every process of the server writes
+    # its samples to this folder, which the API servers (forked) and the workers (spawned) inherit.
+    with metrics.multiprocess_folder():
+        _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
     state = ServerState()
     built = build_server(settings, state)
     server = built.server
@@ -113,7 +119,6 @@ def serve(settings: Settings) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _stop_children(grace=5.0)
-        metrics.remove_samples_dir()
         built.remove_channels()
     if state.failed:
         raise SystemExit(1)  # so that the orchestrator (Docker, Kubernetes) starts a fresh server

@@ -59,14 +59,14 @@ class BatchedWorker(ModelWorker):
 def queue_job(api_path: str, end: BatchWorkerEnd, batcher: DynamicBatcher[Job], job: Job) -> None:
     """The intake thread's part: into the batcher, or a 503 at once past its queue bound."""
     if not batcher.put(job):
-        metrics.REJECTED.labels(api_path, "queue_full").inc()
+        metrics.get().rejected.labels(api_path, "queue_full").inc()
         why = f"server busy: {batcher.limits.max_queue_size} requests queued for {api_path}; retry shortly"
         end.send(job.server_index, [Failure(job.uid, 503, "overloaded", why)])
 
 
 def run_batches(api: BatchedWorker, end: BatchWorkerEnd, batcher: DynamicBatcher[Job]) -> None:
     """The batch thread: batcher -> one call of the model -> one message per API server."""
-    queue_time = metrics.BATCHED_QUEUE_TIME.labels(api.api_path)
+    queue_time = metrics.get().batched_queue_time.labels(api.api_path)
     outbox: Outbox[BatchReply] = Outbox()
     while True:
         batch = batcher.next_batch(IDLE_WAIT_SECONDS)

@@ -52,8 +52,9 @@ class ClassifierWorker(BatchedWorker):
             probs = torch.softmax(layers["output"], dim=-1)
         else:
             layers, probs = {}, self.model.predict(pixels).cpu()  # one op on the device, one copy back
-        metrics.CLASSIFY_PREDICT_SECONDS.observe(time.perf_counter() - start)
-        metrics.CLASSIFY_BATCH_SIZE.observe(len(inputs))
+        m = metrics.get()
+        m.classify_predict_seconds.observe(time.perf_counter() - start)
+        m.classify_batch_size.observe(len(inputs))
         return [
             PixelOutput(p, Activations(**{k: v[row].tolist() for k, v in layers.items()}) if i.explain else None)
             for row, (i, p) in enumerate(zip(inputs, probs.tolist(), strict=True))
@@ -62,7 +63,7 @@ class ClassifierWorker(BatchedWorker):
     def encode_response(self, output: PixelOutput) -> ClassifyResponse:
         probs = output.probabilities
         best = max(range(len(probs)), key=probs.__getitem__)
-        metrics.CLASSIFY_PREDICTIONS.labels(self.symbols[best]).inc()
+        metrics.get().classify_predictions.labels(self.symbols[best]).inc()
         return ClassifyResponse(
             symbol=self.symbols[best],
             probabilities=dict(zip(self.symbols, probs, strict=True)),

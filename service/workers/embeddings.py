@@ -28,7 +28,7 @@ Vectors = tuple[list[list[float]], int, Format]  # its answer: vectors, tokens e
 
 
 def _observe_introspection(kind: str, seconds: float) -> None:
-    metrics.INSIDE_SECONDS.labels(kind).observe(seconds)
+    metrics.get().inside_seconds.labels(kind).observe(seconds)
 
 
 class EmbeddingsWorker(BatchedWorker):

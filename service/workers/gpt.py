@@ -62,7 +62,7 @@ class EngineLoop:
         self._arrivals[item.uid] = item.arrival
         try:
             engine.add_request(item.uid, item.prompt_ids, item.params)
-            metrics.GPT_PROMPT_TOKENS.inc(len(item.prompt_ids))
+            metrics.get().gpt_prompt_tokens.inc(len(item.prompt_ids))
         except AdmissionError as exc:
             # The API server checks the context first, so this only guards against a mismatched model.
             logger.warning("request %s refused at admission: %s", item.uid, exc)
@@ -105,7 +105,7 @@ class EngineLoop:
             except Exception as exc:  # a failed step must not leave half a batch behind
                 logger.exception("engine step failed; resetting the engine")
                 engine.reset()
-                metrics.GPT_FINISHED.labels("error").inc(len(self._routes))
+                metrics.get().gpt_finished.labels("error").inc(len(self._routes))
                 why = f"the engine failed on this batch ({type(exc).__name__}); the request was dropped"
                 for uid in list(self._routes):
                     self._send_failure(outbox, Failure(uid, 500, "engine_error", why))
@@ -132,6 +132,7 @@ class EngineLoop:
 
     def _record(self, events: list[TokenEvent], step_start: float, engine: Engine) -> None:
         """Metrics of one step, aggregated here so each step costs a handful of metric updates."""
+        m = metrics.get()
         now = time.monotonic()
         tokens = 0
         for ev in events:
@@ -140,21 +141,21 @@ class EngineLoop:
                 tokens += 1
                 last = self._last_token.get(ev.request_id)
                 if last is None:
-                    metrics.GPT_QUEUE_TIME.observe(max(0.0, step_start - arrival))
-                    metrics.GPT_TTFT.observe(now - arrival)
+                    m.gpt_queue_time.observe(max(0.0, step_start - arrival))
+                    m.gpt_ttft.observe(now - arrival)
                 else:
-                    metrics.GPT_ITL.observe(now - last)
+                    m.gpt_itl.observe(now - last)
                 self._last_token[ev.request_id] = now
             if ev.finish_reason is not None:
-                metrics.GPT_FINISHED.labels(ev.finish_reason).inc()
-                metrics.GPT_E2E.observe(now - arrival)
+                m.gpt_finished.labels(ev.finish_reason).inc()
+                m.gpt_e2e.observe(now - arrival)
                 self._arrivals.pop(ev.request_id, None)
                 self._last_token.pop(ev.request_id, None)
         if tokens:
-            metrics.GPT_GENERATION_TOKENS.inc(tokens)
-            metrics.GPT_DECODE_BATCH_SIZE.observe(tokens)
-        metrics.GPT_RUNNING.set(engine.num_active)
-        metrics.GPT_WAITING.set(engine.num_waiting)
+            m.gpt_generation_tokens.inc(tokens)
+            m.gpt_decode_batch_size.observe(tokens)
+        m.gpt_running.set(engine.num_active)
+        m.gpt_waiting.set(engine.num_waiting)
 
 
 class GPTWorker(ModelWorker):

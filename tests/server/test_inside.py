@@ -4,10 +4,6 @@ routes' checks in-process (the worker run directly behind a fake of LitServe's r
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,15 +21,19 @@ from model.two_meanings import measure
 from service.api.errors import install_error_handlers
 from service.api.gpt.served import ServedGPT
 from service.api.introspection import IntrospectionRoutes, pixel_network, register_introspection_routes
+from service.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 from service.schemas.introspection import MAX_INSIDE_TOKENS, EmbeddingMapRequest, PixelNetwork
 from service.settings import Settings
 from service.transport.channel import ChannelAddress
 from service.transport.gpt_client import GPTClient
 from service.transport.messages import AttentionJob, MapJob
+from service.workers.batched import BatchChannel
+from service.workers.batcher import BatchLimits
+from service.workers.classify import ClassifierWorker, PixelInput
+from service.workers.embeddings import EmbeddingsWorker
 from service.workers.introspection import GPTIntrospection
 from tests.helpers import metric_value
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["To be, or not to be, that is the question", "ROMEO.\nBut soft, what light", "O"]
 
 
@@ -198,51 +198,36 @@ def plain_forward(network: PixelNetwork, pixels: list[float]) -> list[list[float
     return [v.tolist() for v in values]
 
 
-# Run apart: service.workers.classify and service.workers.embeddings import service.metrics, which refuses to load once
-# prometheus_client is imported (tests.helpers imports it in this process), as in tests/unit/test_channel.py.
-WORKER_CHECKS = """
-import json, sys
-from model.gpt import encode
-from service.workers.batched import BatchChannel
-from service.workers.batcher import BatchLimits
-from service.transport.channel import ChannelAddress
-from service.workers.classify import ClassifierWorker, PixelInput
-from service.workers.embeddings import EmbeddingsWorker
-from service.transport.messages import AttentionJob
-from service.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
-from service.settings import Settings
-
-pixels = json.loads(sys.argv[1])
-classify = ClassifierWorker(Settings().pixels_dir, BatchChannel(ChannelAddress("unused"), BatchLimits(32)))
-classify.setup("cpu")
-outputs = classify.predict([PixelInput(p, True) for p in pixels] + [PixelInput(pixels[0], False)])
-embeddings = EmbeddingsWorker(Settings(), BatchChannel(ChannelAddress("unused"), BatchLimits(8)))
-embeddings.setup("cpu")
-texts = embeddings.decode_request(EmbeddingRequest(input=["to be", "or not to be"]))
-job = AttentionJob(encode(embeddings.tok, "O Romeo"), [0], [0])
-embedded, answer = embeddings.predict([texts, job])
-vectors = embeddings.encode_response(embedded)
-print(json.dumps({
-    "explained": [[o.probabilities, o.activations.model_dump()] for o in outputs[:-1]],
-    "plain": [outputs[-1].probabilities, outputs[-1].activations],
-    "plain_body": classify.encode_response(outputs[-1]).model_dump(),
-    "answer_passes_through": embeddings.encode_response(answer) is answer,
-    "attention": answer.attentions,
-    "is_embedding_response": isinstance(vectors, EmbeddingResponse),
-    "mixed": embedded,
-    "alone": embeddings.predict([texts])[0],
-}))
-"""
-
-
 @pytest.fixture(scope="module")
 def worker_checks() -> dict[str, Any]:
-    pixels = [[-1, 1, -1, 1, 1, 1, -1, 1, -1], [0.5, -0.2, 0, 1, -1, 0.3, 0.9, -0.7, 0.1]]
-    done = subprocess.run(
-        [sys.executable, "-c", WORKER_CHECKS, json.dumps(pixels)], cwd=REPO, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {"pixels": pixels, **json.loads(done.stdout.strip().splitlines()[-1])}
+    """The classify and embeddings workers run directly, as LitServe would in their processes."""
+    pixels: list[list[float]] = [[-1, 1, -1, 1, 1, 1, -1, 1, -1], [0.5, -0.2, 0, 1, -1, 0.3, 0.9, -0.7, 0.1]]
+    threads = torch.get_num_threads()  # each worker's setup sets its process's; the tests after keep theirs
+    classify = ClassifierWorker(Settings().pixels_dir, BatchChannel(ChannelAddress("unused"), BatchLimits(32)))
+    classify.setup("cpu")
+    outputs = classify.predict([PixelInput(p, True) for p in pixels] + [PixelInput(pixels[0], False)])
+    embeddings = EmbeddingsWorker(Settings(), BatchChannel(ChannelAddress("unused"), BatchLimits(8)))
+    embeddings.setup("cpu")
+    torch.set_num_threads(threads)
+    texts = embeddings.decode_request(EmbeddingRequest(input=["to be", "or not to be"]))
+    job = AttentionJob(encode(embeddings.tok, "O Romeo"), [0], [0])
+    embedded, answer = embeddings.predict([texts, job])
+    vectors = embeddings.encode_response(embedded)
+    explained = []
+    for o in outputs[:-1]:
+        assert o.activations is not None
+        explained.append([o.probabilities, o.activations.model_dump()])
+    return {
+        "pixels": pixels,
+        "explained": explained,
+        "plain": [outputs[-1].probabilities, outputs[-1].activations],
+        "plain_body": classify.encode_response(outputs[-1]).model_dump(),
+        "answer_passes_through": embeddings.encode_response(answer) is answer,
+        "attention": answer.attentions,
+        "is_embedding_response": isinstance(vectors, EmbeddingResponse),
+        "mixed": embedded,
+        "alone": embeddings.predict([texts])[0],
+    }
 
 
 def test_classify_explain_equals_a_plain_forward(worker_checks):

@@ -12,10 +12,10 @@ import torch
 
 from model.gpt import count_parameters, load_gpt
 from model.pixels import load_pixels
+from service.metrics import UNMATCHED
 from service.settings import WEIGHTS_DIR
 from tests.helpers import metric_value
 
-UNMATCHED = "unmatched"  # service.metrics.UNMATCHED; that module cannot be imported after tests.helpers
 PLUS = {"pixels": [[-1, 1, -1], [1, 1, 1], [-1, 1, -1]]}
 OUT_OF_RANGE = {"pixels": [1, -1, 1, -1, 1, -1, 1, -1, 2]}
 
