@@ -52,8 +52,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(workdir: Path, **settings: str) -> ServerProcess:
-    """Start `python -m service` on a free loopback port and wait until /health answers 200."""
+def launch_server(workdir: Path, *, own_group: bool = False, **settings: str) -> ServerProcess:
+    """Start `python -m service` on a free loopback port, without waiting for it; `own_group`: in a process group
+    of its own, so that a test can signal the whole group as a terminal's Ctrl+C does."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}
     env.update({f"TINYSERVE_{name.upper()}": value for name, value in settings.items()})
@@ -66,9 +67,20 @@ def start_server(workdir: Path, **settings: str) -> ServerProcess:
     log = workdir / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_group,
         )
-    server = ServerProcess(url=f"http://127.0.0.1:{port}", process=process, log=log)
+    return ServerProcess(url=f"http://127.0.0.1:{port}", process=process, log=log)
+
+
+def start_server(workdir: Path, *, own_group: bool = False, **settings: str) -> ServerProcess:
+    """Start `python -m service` on a free loopback port and wait until /health answers 200."""
+    server = launch_server(workdir, own_group=own_group, **settings)
+    process = server.process
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing as mp
-import os
 import signal
 import threading
 import time
@@ -15,8 +14,8 @@ from types import FrameType
 import litserve as ls
 
 from service import metrics
-from service.runtime import supervisor
-from service.runtime.litserve_adapter import shutdown_event
+from service.runtime import children, supervisor
+from service.runtime.litserve_adapter import shut_down_manager, shutdown_event
 from service.runtime.server import build_server
 from service.runtime.state import ServerState
 from service.settings import Settings
@@ -26,15 +25,13 @@ logger = logging.getLogger(__name__)
 
 def _install_signal_handlers(server: ls.LitServer, state: ServerState, grace: float) -> None:
     """Make SIGTERM stop the server as Ctrl+C does (LitServe alone leaves its processes running on SIGTERM), and
-    make both an orderly stop, never taken for a dead process."""
-    main_pid = os.getpid()
+    make both an orderly stop, never taken for a dead process. The children leave both to this process until it
+    releases them (service/runtime/children.py), so a signal to the whole group acts as one to this process."""
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if os.getpid() != main_pid:
-            # A forked API server that has not yet put uvicorn's own handler in place: just die.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+        if state.stopping:
+            return  # a stop is under way already (a second SIGTERM, Ctrl+C, a dead child)
+        state.begin_stop()
         # Once running, LitServe's main thread waits on this manager event and then shuts down in order
         # (HTTP servers drain, then workers stop). It is set from another thread because the main thread is
         # blocked inside a call on the same manager connection.
@@ -44,20 +41,20 @@ def _install_signal_handlers(server: ls.LitServer, state: ServerState, grace: fl
 
         def drain_then_stop() -> None:
             # New requests and /health get 503 at once; requests in flight get up to `grace` seconds to finish.
-            state.begin_stop()
             deadline = time.monotonic() + grace
             while state.inflight.value > 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
             logger.info("drained (%d requests still in flight); stopping", state.inflight.value)
+            state.release_children()
             event.set()
 
         threading.Thread(target=drain_then_stop, name="sigterm-shutdown", daemon=True).start()
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
-        # Ctrl+C reaches every process of the group at once: mark the stop as wanted first, so that the children
-        # exiting now are not taken for deaths (service/supervisor.py), then let LitServe stop as it does.
-        if os.getpid() == main_pid:
-            state.begin_stop()
+        # Ctrl+C stops at once: no drain. Stopping first, so that the children LitServe now stops are not taken for
+        # deaths (service/supervisor.py).
+        state.begin_stop()
+        state.release_children()
         signal.default_int_handler(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -65,7 +62,7 @@ def _install_signal_handlers(server: ls.LitServer, state: ServerState, grace: fl
 
 
 def _stop_children(grace: float) -> None:
-    """Terminate, then kill, any child still alive: a failed start-up skips LitServe's own cleanup."""
+    """Terminate, then kill, any child still alive."""
     children = mp.active_children()
     for child in children:
         child.terminate()
@@ -103,6 +100,7 @@ def _serve(settings: Settings) -> None:
     built = build_server(settings, state)
     server = built.server
     _install_signal_handlers(server, state, settings.shutdown_grace_seconds)
+    children.prepare_forked_children()
     gone = functools.partial(supervisor.announce_server_gone, built.channels.gpt)
     threading.Thread(target=supervisor.watch, args=(server, state, gone), name="supervisor", daemon=True).start()
     try:
@@ -118,6 +116,9 @@ def _serve(settings: Settings) -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # A failed start-up skips LitServe's stop: ours stops what it had started.
+        state.release_children()
+        shut_down_manager(server)
         _stop_children(grace=5.0)
         built.remove_channels()
     if state.failed:

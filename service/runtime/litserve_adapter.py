@@ -8,15 +8,22 @@ per-API routes (by ours). Each helper names what it reaches into; when LitServe 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing as mp
 import os
+import signal
+import socket
 import threading
+from ctypes import c_byte
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from queue import Queue
+from types import FrameType
 from typing import Any
 
 import litserve as ls
+import litserve.server
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from litserve.callbacks import CallbackRunner
@@ -24,6 +31,9 @@ from litserve.connector import _Connector
 from litserve.loops.base import LitLoop
 from litserve.specs.base import LitSpec
 from litserve.transport.base import MessageTransport
+from tqdm import tqdm
+
+from service.runtime.children import STOP_SIGNALS, exit_with_parent, leave_stop_signals_to_main
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +69,19 @@ def watch_workers_ourselves(server: ls.LitServer) -> None:
 
 
 def shutdown_event(server: ls.LitServer) -> Any | None:
-    """The manager event LitServe's main thread waits on once running (`_shutdown_event`); None while starting."""
+    """The manager event LitServe's main thread waits on once running (`_shutdown_event`); None until the API servers
+    are up: LitServe makes it at the start of `run`, but waits on it only after the workers' setup."""
+    if not getattr(server, "api_servers", None):
+        return None
     return getattr(server, "_shutdown_event", None)
+
+
+def shut_down_manager(server: ls.LitServer) -> None:
+    """Stop LitServe's manager process (`_init_manager` keeps it as `transport_config.manager`) unless already
+    stopped: it ignores SIGTERM (service/runtime/children.py)."""
+    manager = getattr(server.transport_config, "manager", None)
+    if manager is not None:
+        manager.shutdown()  # once only: a second call does nothing
 
 
 def inference_workers(server: ls.LitServer) -> list[mp.Process]:
@@ -135,15 +156,12 @@ class _OwnThreadsLoop(LitLoop):
     ) -> None:
         # Never returns: LitServe's wrapper would then ask the API for `has_active_requests`. The threads catch what
         # they can survive, so a dead one is a bug: end the process, and the supervisor stops the server for a
-        # restart. The parent gone (SIGKILLed) means nobody supervises us: stop as well.
-        parent = os.getppid()
+        # restart. (A dead main process is watched for from before setup: `_WorkerStart`.)
         while True:
             await asyncio.sleep(0.5)
             if self._threads and not all(t.is_alive() for t in self._threads):
                 logger.critical("a worker thread of %s died; stopping the worker", lit_api.api_path)
                 os._exit(1)
-            if os.getppid() != parent:
-                os._exit(0)
 
 
 class ModelWorker(ls.LitAPI):
@@ -159,14 +177,76 @@ class ModelWorker(ls.LitAPI):
         raise NotImplementedError
 
 
+class _WorkerStart(ls.Callback):
+    """In each spawned worker, before its model loads: stop signals left to the main process, and an exit with it
+    (service/runtime/children.py). LitServe pickles its callbacks into the worker, the flag with them."""
+
+    def __init__(self, released: c_byte) -> None:
+        self.released = released
+
+    def on_before_setup(self, *args: Any, **kwargs: Any) -> None:
+        # transformers' progress bars would take a process-shared lock: a named semaphore, which an exit on SIGTERM
+        # leaves to Python's resource tracker to remove, with a warning. One process needs no more than a thread lock.
+        tqdm.set_lock(threading.RLock())
+        leave_stop_signals_to_main(self.released)
+        # Blocked since the spawn (`KeepsAPIServers.launch_inference_worker`): one that came meanwhile is handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        parent = mp.parent_process()
+        exit_with_parent(parent.pid if parent and parent.pid else os.getppid())
+
+
+class _APIServer(litserve.server._Server):
+    """LitServe's uvicorn server, deaf to SIGINT and SIGTERM until the main process releases its children: a signal
+    to the whole group must not stop it before the main process has drained (service/runtime/children.py)."""
+
+    def __init__(self, released: c_byte, config: Any) -> None:
+        super().__init__(config=config)
+        self.released = released
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.released.value:
+            super().handle_exit(sig, frame)
+            # Requests in flight have had their drain (SIGTERM) or get none (Ctrl+C): uvicorn's own wait for them
+            # would outlast the time LitServe gives it before a SIGKILL.
+            self.force_exit = True
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().serve(sockets)
+        # Shut down: exit now. Returning would wait out LitServe's response reader (`MPQueueTransport.areceive`,
+        # blocked up to 1 s in a thread), past the 1 s LitServe waits before a SIGKILL and a warning.
+        if threading.current_thread() is threading.main_thread():  # a process of its own, not LitServe's thread mode
+            os._exit(0 if self.started else 3)  # 3: uvicorn's exit code for a failed start-up
+
+
 class KeepsAPIServers(ls.LitServer):
-    """A LitServer that keeps the API-server processes it forks (`_start_server` returns them to `run`, which
-    keeps them in a local variable only), so that the main process can watch them."""
+    """A LitServer that keeps the API-server processes it forks (`_start_server` returns them to `run`, which keeps
+    them in a local variable only) for the main process to watch, and whose children leave it SIGINT and SIGTERM."""
 
     api_servers: list[BaseProcess]  # by API-server index; empty until they are forked
 
+    def __init__(self, *args: Any, released: c_byte, **kwargs: Any) -> None:
+        super().__init__(*args, callbacks=[_WorkerStart(released)], **kwargs)
+        self.released = released
+
+    def launch_inference_worker(self, lit_api: ls.LitAPI) -> list[mp.Process]:
+        # The spawned worker inherits the blocked signals: a Ctrl+C during its imports waits for `_WorkerStart`.
+        # Python's resource tracker, started by the first spawn, unblocks them as it starts: start it before.
+        resource_tracker.ensure_running()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            workers: list[mp.Process] = super().launch_inference_worker(lit_api)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return workers
+
     def _start_server(self, *args: Any, **kwargs: Any) -> dict[int, Any]:
-        servers: dict[int, Any] = super()._start_server(*args, **kwargs)
+        # litserve 0.2.19 makes each API server from the module's `_Server` inside `_start_server`: make it ours.
+        plain = litserve.server._Server
+        litserve.server._Server = functools.partial(_APIServer, self.released)  # type: ignore[misc]
+        try:
+            servers: dict[int, Any] = super()._start_server(*args, **kwargs)
+        finally:
+            litserve.server._Server = plain  # type: ignore[misc]
         # Threads, when LitServe is told to run its API servers as threads, die with the main process anyway.
         self.api_servers = [servers[i] for i in sorted(servers) if isinstance(servers[i], BaseProcess)]
         return servers

@@ -71,10 +71,12 @@ def build_server(settings: Settings, state: ServerState | None = None) -> BuiltS
         workers_per_device={"/v1/classify": settings.classify_workers},
         timeout=settings.request_timeout,
         max_payload_size=settings.max_payload_size,  # an int: LitServe's string form fails every request
+        released=state.released,
     )
-    # How long uvicorn lets requests finish once LitServe stops it (its default is 30 s, longer than `docker stop`
-    # waits before SIGKILL). On SIGTERM the Guard has already drained them for shutdown_grace_seconds.
-    server.uvicorn_graceful_timeout = min(1.0, settings.shutdown_grace_seconds)
+    # How long LitServe waits for each API server to exit once it stops it (its default is 30 s, longer than
+    # `docker stop` waits before SIGKILL). Uvicorn then waits for no request (litserve_adapter `_APIServer`): on
+    # SIGTERM the Guard has already drained them for shutdown_grace_seconds.
+    server.uvicorn_graceful_timeout = 1.0
     add_api(server.app, settings, state, channels)
     hide_health_from_schema(server.app)
     watch_workers_ourselves(server)  # runtime/supervisor.py watches every process instead

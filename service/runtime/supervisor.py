@@ -84,5 +84,6 @@ def watch(server: KeepsAPIServers, state: ServerState, on_api_server_gone: Calla
             on_api_server_gone(dead.server_index)
         time.sleep(ANSWER_SECONDS)
         state.begin_stop()
+        state.release_children()
         event.set()
         return
