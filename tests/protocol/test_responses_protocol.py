@@ -8,12 +8,16 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 import pytest
 from openai.types.responses import Response as SDKResponse
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from model.gpt import decode
+from service.api.guard import Guard
+from service.runtime.state import ServerState
+from service.settings import Settings
 from tests.fake_gpt import fake_gpt, says
 
 IMAGE = [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]
@@ -193,3 +197,19 @@ def test_what_asks_for_nothing_unimplemented_is_accepted():
 def test_bad_values_are_a_422_naming_the_field(body, param):
     r, _ = post(body)
     assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text
+
+
+def test_responses_share_the_in_flight_bound_of_completions():
+    settings = Settings()
+    state = ServerState()
+    state.per_path["/v1/completions"].value = settings.gpt_max_batch_size + settings.gpt_max_waiting  # all taken
+
+    async def main() -> Any:
+        gpt = fake_gpt(says(REPLY))
+        guarded = httpx.ASGITransport(app=Guard(gpt.app, settings, state))
+        async with httpx.AsyncClient(transport=guarded, base_url="http://tinyserve") as http:
+            return await http.post("/v1/responses", json={"input": "Speak!"})
+
+    r = asyncio.run(main())
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+    assert "/v1/completions" in r.json()["error"]["message"]
