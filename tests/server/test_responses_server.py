@@ -84,3 +84,16 @@ def test_stored_responses_are_refused_by_name(client):
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model=MODEL, input=ASK, store=True)
     assert refused.value.param == "store"
+
+
+def test_langchain_chat_openai_on_the_responses_api_invokes_streams_and_goes_on(base_url):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    llm = langchain_openai.ChatOpenAI(
+        base_url=f"{base_url}/v1", api_key="unused", model=MODEL, max_tokens=16, temperature=0, use_responses_api=True
+    )
+    reply = llm.invoke(ASK)
+    assert reply.text and reply.response_metadata["status"] in ("completed", "incomplete")
+    assert "".join(chunk.text for chunk in llm.stream(ASK)) == reply.text
+    # LangChain sends its earlier reply back as an output item of the conversation.
+    then = llm.invoke([("human", ASK), reply, ("human", "Speak again.")])
+    assert then.response_metadata["status"] in ("completed", "incomplete")
