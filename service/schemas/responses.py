@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from model.sampling import MAX_LOGPROBS
 from service.schemas.chat import MAX_CONTENT_CHARS, MAX_MESSAGES, ChatMessage
 from service.schemas.sampling import Lenient, SamplingRequest
 
@@ -26,7 +27,6 @@ NOT_SUPPORTED = (
     "conversation",
     "prompt",
     "reasoning",
-    "top_logprobs",
     "context_management",
     "prompt_cache_key",
     "prompt_cache_options",
@@ -37,6 +37,7 @@ NOT_SUPPORTED = (
     "access_programs",
 )
 TEXT_PARTS = ("input_text", "output_text")  # an earlier output passed back as input carries output_text
+LOGPROBS = "message.output_text.logprobs"  # the one `include` this server serves
 
 
 class InputItem(Lenient):
@@ -97,7 +98,8 @@ class ResponsesRequest(SamplingRequest):
     metadata: dict[str, str] | None = Field(default=None, description="Up to 16 pairs, echoed in the response.")
     store: bool | None = Field(default=None, description="Responses are not stored: only false (or omitted).")
     background: bool | None = None
-    include: list[str] | None = None
+    include: list[str] | None = Field(default=None, description=f"Only {LOGPROBS!r}: each token's logprob.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS, description="Alternatives per token.")
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None  # accepted: with no tools it has nothing to bound
@@ -109,7 +111,6 @@ class ResponsesRequest(SamplingRequest):
     conversation: Any = None
     prompt: Any = None
     reasoning: Any = None
-    top_logprobs: Any = None
     context_management: Any = None
     prompt_cache_key: Any = None
     prompt_cache_options: Any = None
@@ -150,8 +151,10 @@ class ResponsesRequest(SamplingRequest):
             return "store", "responses are not stored by this server: send store false, or omit it"
         if self.background:
             return "background", "background responses are not supported by this server"
-        if self.include:
-            return "include", "`include` is not supported by this server"
+        if any(name != LOGPROBS for name in self.include or []):
+            return "include", f"only {LOGPROBS!r} can be included by this server"
+        if self.top_logprobs is not None and LOGPROBS not in (self.include or []):
+            return "top_logprobs", f"top_logprobs needs include [{LOGPROBS!r}]"
         if self.tools:
             return "tools", "tools are not supported by this model"
         if self.tool_choice is not None and self.tool_choice != "none":
@@ -178,7 +181,7 @@ class ResponsesRequest(SamplingRequest):
         return room  # generates until the speech ends or the context is full, as chat
 
     def asked_logprobs(self) -> int | None:
-        return None
+        return (self.top_logprobs or 0) if LOGPROBS in (self.include or []) else None
 
 
 class OutputText(BaseModel):
@@ -250,6 +253,7 @@ class Response(BaseModel):
     text: ResponseTextConfig = Field(default_factory=ResponseTextConfig)
     tool_choice: Literal["none"] = "none"
     tools: list[Any] = Field(default_factory=list)
+    top_logprobs: int | None = None
     top_p: float
     truncation: Literal["disabled"] = "disabled"
     usage: ResponseUsage | None = None

@@ -159,7 +159,7 @@ def test_an_error_after_the_start_is_an_error_event_then_response_failed():
         ({"tool_choice": "auto"}, "tool_choice"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
         ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format"),
-        ({"include": ["message.output_text.logprobs"]}, "include"),
+        ({"include": ["reasoning.encrypted_content"]}, "include"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"background": True}, "background"),
         ({"conversation": "conv_1"}, "conversation"),
@@ -213,3 +213,21 @@ def test_responses_share_the_in_flight_bound_of_completions():
     r = asyncio.run(main())
     assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
     assert "/v1/completions" in r.json()["error"]["message"]
+
+
+def test_included_logprobs_carry_each_token_plain_and_streamed():
+    body = {"input": "Speak!", "include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    r, _ = post(body, reply=" naïve")
+    assert r.status_code == 200, r.text
+    SDKResponse.model_validate(r.json())
+    (part,) = r.json()["output"][0]["content"]
+    assert b"".join(bytes(t["bytes"]) for t in part["logprobs"]).decode() == part["text"] == " naïve"
+    assert all(t["logprob"] == -0.5 and len(t["top_logprobs"]) == 2 for t in part["logprobs"])
+    r, _ = post({**body, "stream": True}, reply=" naïve")
+    events = stream_events(r.text)
+    for event in events:
+        EVENTS.validate_python(event)
+    streamed = [t for e in events if e["type"] == "response.output_text.delta" for t in e["logprobs"]]
+    assert streamed == part["logprobs"] == events[-4]["logprobs"]
+    r, _ = post({"input": "Speak!", "top_logprobs": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"

@@ -11,12 +11,12 @@ import time
 from typing import Any
 
 from fastapi import HTTPException
-from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from starlette.requests import Request
 
 from service.api.errors import openai_error
 from service.api.gpt.chat import Chat
-from service.api.gpt.choices import Choice, ChoiceRun, Step, stream_error
+from service.api.gpt.choices import Choice, ChoiceRun, Step, TokenLogprob, stream_error
 from service.api.gpt.served import ServedGPT
 from service.api.gpt.textstream import SpeechStream
 from service.schemas.chat import ChatMessage
@@ -44,8 +44,7 @@ class EventWriter:
         self.sequence = 0
 
     def __call__(self, kind: str, **fields: Any) -> str:
-        data = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in fields.items()}
-        body = {"type": kind, "sequence_number": self.sequence, **data}
+        body = {"type": kind, "sequence_number": self.sequence, **to_jsonable_python(fields)}
         self.sequence += 1
         return f"event: {kind}\ndata: {json.dumps(body)}\n\n"
 
@@ -62,7 +61,8 @@ class Responses:
             raise HTTPException(400, openai_error(why, param, "unsupported_parameter"))
         prompt_ids = self.gpt.prompt_ids(self.chat.render(messages(body)), param="input")
         params = self.gpt.params(body, prompt_ids, 0)
-        return Choice(0, prompt_ids, params, SpeechStream(self.gpt.tok, body.stops, params.min_tokens))
+        text = SpeechStream(self.gpt.tok, body.stops, params.min_tokens)
+        return Choice(0, prompt_ids, params, text, logprobs=None if params.logprobs is None else [])
 
     async def create(self, body: ResponsesRequest, request: Request) -> Any:
         self.gpt.check_model(body.model)
@@ -77,6 +77,7 @@ class Responses:
             max_output_tokens=body.max_output_tokens,
             metadata=body.metadata or {},
             temperature=choice.params.temperature,
+            top_logprobs=body.top_logprobs,
             top_p=choice.params.top_p,
             user=body.user,
         )
@@ -87,8 +88,11 @@ class Responses:
             return failed
         return self._finished(draft, run, OutputMessage())
 
-    @staticmethod
-    def _finished(draft: Response, run: ChoiceRun, item: OutputMessage) -> Response:
+    def _logprobs(self, records: list[TokenLogprob] | None) -> list[Any]:
+        """Tokens with their logprobs as output_text carries them: chat's `logprobs.content`."""
+        return [] if not records else list(self.chat._logprobs(records).content)
+
+    def _finished(self, draft: Response, run: ChoiceRun, item: OutputMessage) -> Response:
         """The response once its one choice has ended: completed, or incomplete when it stopped at the token bound."""
         (choice,) = run.choices
         incomplete = choice.finish_reason == "length"
@@ -96,7 +100,7 @@ class Responses:
         item = item.model_copy(
             update={
                 "status": "incomplete" if incomplete else "completed",
-                "content": [OutputText(text=choice.text.text)],
+                "content": [OutputText(text=choice.text.text, logprobs=self._logprobs(choice.logprobs))],
             }
         )
         return draft.model_copy(
@@ -125,15 +129,19 @@ class Responses:
         ]
 
         def frame(step: Step) -> list[str]:
-            return [event("response.output_text.delta", **at, delta=step.delta, logprobs=[])] if step.delta else []
+            logprobs = self._logprobs(step.logprobs)
+            if not step.delta and not logprobs:
+                return []
+            return [event("response.output_text.delta", **at, delta=step.delta, logprobs=logprobs)]
 
         def closing() -> str:
             final = self._finished(draft, run, item)
             (done,) = final.output
+            part = done.content[0]
             return "".join(
                 [
-                    event("response.output_text.done", **at, text=done.content[0].text, logprobs=[]),
-                    event("response.content_part.done", **at, part=done.content[0]),
+                    event("response.output_text.done", **at, text=part.text, logprobs=part.logprobs),
+                    event("response.content_part.done", **at, part=part),
                     event("response.output_item.done", output_index=0, item=done),
                     event(f"response.{final.status}", response=final),
                 ]
