@@ -24,8 +24,8 @@ PROTECTED_PREFIX = "/v1/"
 ALWAYS_OPEN = ("/metrics", "/metrics/")
 
 
-# Paths that share another's bound: chat runs on the GPT's batch slots and queue, as completions do.
-SHARED_LIMITS = {"/v1/chat/completions": "/v1/completions"}
+# Paths that share another's bound: chat and responses run on the GPT's batch slots and queue, as completions do.
+SHARED_LIMITS = {"/v1/chat/completions": "/v1/completions", "/v1/responses": "/v1/completions"}
 
 
 async def _reply(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:

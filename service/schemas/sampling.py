@@ -14,7 +14,7 @@ import json
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -66,6 +66,8 @@ def _pick(asked: Any, server: Any, openai: Any) -> Any:
 
 
 class SamplingRequest(SamplingControls, Lenient):
+    MAX_TOKENS_PARAM: ClassVar[str] = "max_tokens"  # the field a 400 names when the bound on new tokens is too large
+
     model: str | None = Field(default=None, description="Model id from /v1/models; the GPT when omitted.")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="0 means greedy; default 1.")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling; default 1.")

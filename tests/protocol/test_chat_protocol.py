@@ -183,10 +183,10 @@ def test_model_cards_and_unknown_paths_answer_in_openai_shape():
         async with gpt.http() as http:
             card = await http.get(f"/v1/models/{model_id}")
             missing = await http.get("/v1/models/gpt-17")
-            unknown = await http.post("/v1/responses", json={})
+            unknown = await http.post("/v1/audio/speech", json={})
         assert card.status_code == 200 and card.json()["id"] == model_id and card.json()["object"] == "model"
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
         assert unknown.status_code == 404
-        assert "/v1/responses" in unknown.json()["error"]["message"]
+        assert "/v1/audio/speech" in unknown.json()["error"]["message"]
 
     asyncio.run(main())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -83,11 +84,16 @@ class ClientGone(Exception):
 WORKER_UNAVAILABLE = Failure("", 503, "worker_unavailable", "the model worker is not taking requests")
 
 
+def stream_error(exc: BaseException) -> dict[str, Any]:
+    """OpenAI's error body for an error after a stream started."""
+    if isinstance(exc, RequestFailed):
+        return failure_body(exc.failure)
+    return openai_error("internal error", None, "internal_error", "server_error")
+
+
 def _error_event(exc: BaseException) -> str:
     """The error chunk of a stream that has started: OpenAI's error object as a data event."""
-    if isinstance(exc, RequestFailed):
-        return sse(failure_body(exc.failure))
-    return sse(openai_error("internal error", None, "internal_error", "server_error"))
+    return sse(stream_error(exc))
 
 
 class ChoiceRun:
@@ -130,10 +136,15 @@ class ChoiceRun:
         return None
 
     def stream(
-        self, opening: Iterable[str], frame: Callable[[Step], Iterable[str]], usage: Callable[[], str] | None
+        self,
+        opening: Iterable[str],
+        frame: Callable[[Step], Iterable[str]],
+        closing: Callable[[], str] | None,
+        failed: Callable[[BaseException], str] = _error_event,
+        done: str | None = DONE,
     ) -> StreamingResponse:
-        """The server-sent events of a streamed request: `opening`, each step as `frame` writes it, the usage
-        event when asked for, then [DONE]; an error after the start arrives as a data event, and the stream ends."""
+        """The server-sent events of a streamed request: `opening`, each step as `frame` writes it, the `closing`
+        events (chat: the usage chunk), then `done`; an error after the start is told by `failed`, and it ends."""
 
         async def events() -> AsyncIterator[str]:
             with self:  # closed on the normal end, on an error, and when Starlette cancels us as the client left
@@ -144,11 +155,12 @@ class ChoiceRun:
                         for event in frame(step):
                             yield event
                 except Exception as exc:  # a worker error, an engine reset, the deadline: the client hears of it
-                    yield _error_event(exc)
+                    yield failed(exc)
                 else:
-                    if usage is not None:
-                        yield usage()
-                yield DONE
+                    if closing is not None:
+                        yield closing()
+                if done is not None:
+                    yield done
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 

@@ -73,11 +73,12 @@ class ServedGPT:
         room = self.context_length - len(prompt_ids)
         params = body.to_sampling_params(self.defaults, room=room, index=index, stop_token_ids=(self.eot_id,))
         if params.max_tokens > room:
+            name = body.MAX_TOKENS_PARAM
             message = (
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context of"
+                f"prompt ({len(prompt_ids)} tokens) + {name} ({params.max_tokens}) exceeds the context of"
                 f" {self.context_length} tokens; ask for at most {room} tokens"
             )
-            raise bad_request(message, "max_tokens", "context_length_exceeded")
+            raise bad_request(message, name, "context_length_exceeded")
         if params.min_tokens > params.max_tokens:
             message = f"min_tokens ({params.min_tokens}) exceeds max_tokens ({params.max_tokens})"
             raise bad_request(message, "min_tokens")
