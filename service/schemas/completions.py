@@ -49,6 +49,11 @@ class CompletionRequest(SamplingRequest):
     # OpenAI's, not implemented: present so that a request setting it is refused by name (400).
     suffix: str | None = Field(default=None, description="Not supported (400): the model cannot fill in the middle.")
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _null_prompt(cls, v: object) -> object:
+        return "" if v is None else v  # OpenAI's default, <|endoftext|>: an empty prompt starts from it here too
+
     @field_validator("prompt")
     @classmethod
     def _check_prompt(cls, v: TextOrIds) -> TextOrIds:
@@ -127,7 +132,6 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class StreamChunk:
@@ -147,7 +151,6 @@ class StreamChunk:
             model=model,
             choices=[],
             usage=None,
-            system_fingerprint=None,
         ).model_dump_json()
         self._head, self._tail = frame.split('"choices":[]', 1)
 
