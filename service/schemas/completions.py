@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from model.sampling import MAX_LOGPROBS
 from service.schemas.inputs import TextOrIds, check_inputs, split_inputs
@@ -132,6 +132,14 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+    @model_serializer(mode="wrap")
+    def _usage_only_when_counted(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The spec types `usage` non-null: a chunk before the usage chunk leaves it out.
+        data: dict[str, Any] = handler(self)
+        if data.get("usage") is None:
+            data.pop("usage", None)
+        return data
 
 
 class StreamChunk:

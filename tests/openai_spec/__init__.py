@@ -57,16 +57,49 @@ def _to_json_schema(node: Any) -> Any:
     return {"anyOf": [out, {"type": "null"}]} if node.get("nullable") is True else out
 
 
+# Where the spec is narrower than OpenAI's own wire, which clients are written against: JSON pointers under a schema
+# and what replaces the sub-schema there. Applied to a copy (the vendored file stays OpenAI's text).
+ERRATA: dict[str, dict[str, Any]] = {
+    "CreateCompletionResponse": {
+        # An echoed prompt's first token has no logprob: OpenAI's legacy API and vLLM send null there.
+        "/properties/choices/items/properties/logprobs/anyOf/0/properties/token_logprobs/items": {
+            "type": ["number", "null"]
+        },
+        "/properties/choices/items/properties/logprobs/anyOf/0/properties/top_logprobs/items": {
+            "anyOf": [{"type": "object", "additionalProperties": {"type": "number"}}, {"type": "null"}]
+        },
+    },
+    "Embedding": {
+        # encoding_format "base64" (what the openai SDK asks for by default) answers each vector as a string.
+        "/properties/embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]},
+    },
+}
+# Completions chunks: the spec has no stream schema and the answer's says finish_reason is never null, but every
+# chunk before a choice's last carries null there, on OpenAI's wire as here.
+COMPLETION_CHUNK_ERRATA = {
+    "/properties/choices/items/properties/finish_reason": {
+        "anyOf": [{"type": "string", "enum": ["stop", "length", "content_filter"]}, {"type": "null"}]
+    },
+}
+
+
+def with_errata(document: dict[str, Any], errata: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A copy of `document` with `errata` ({schema name: {pointer: replacement}}) applied."""
+    document = copy.deepcopy(document)
+    for name, replacements in errata.items():
+        target = document["components"]["schemas"][name]
+        for pointer, replacement in replacements.items():
+            *parents, last = pointer.strip("/").split("/")
+            node = target
+            for key in parents:
+                node = node[int(key)] if isinstance(node, list) else node[key]
+            node[last] = replacement
+    return document
+
+
 def validator(name: str, errata: dict[str, Any] | None = None) -> Draft202012Validator:
-    """A validator of schema `name`, references resolved inside the spec; `errata` replaces sub-schemas by JSON
-    pointer (`/properties/choices/items/...`, under `name`) where the spec is narrower than OpenAI's own wire."""
-    document = _to_json_schema(copy.deepcopy(spec()))
-    target = document["components"]["schemas"][name]
-    for pointer, replacement in (errata or {}).items():
-        *parents, last = pointer.strip("/").split("/")
-        node = target
-        for key in parents:
-            node = node[int(key)] if isinstance(node, list) else node[key]
-        node[last] = replacement
-    root = {**document, "$ref": f"#/components/schemas/{name}"}
-    return Draft202012Validator(root)
+    """A validator of schema `name`, references resolved inside the spec, with `ERRATA` and `errata` (pointers
+    under `name`) applied."""
+    document = _to_json_schema(with_errata(spec(), {**ERRATA}))
+    document = with_errata(document, {name: errata or {}})
+    return Draft202012Validator({**document, "$ref": f"#/components/schemas/{name}"})
