@@ -13,8 +13,9 @@ from typing import Any, cast
 import httpx
 import pytest
 from fastapi import FastAPI
+from transformers import AutoTokenizer
 
-from model.gpt import decode, encode
+from model.gpt import GPT_DIR, decode, encode
 from service.api.batched import add_batched_routes
 from service.api.errors import install_error_handlers
 from service.transport.batch_client import BatchClient
@@ -78,6 +79,13 @@ def test_developer_is_the_newer_name_of_system():
         assert (await post(gpt, "/v1/chat/completions", {"messages": messages})).status_code == 200
         prompt = decode(gpt.routes.served.tok, gpt.worker.submitted[0].prompt_ids)
         assert prompt.startswith("[A street in Venice.]\n\nOTHELLO.\nSpeak!\n\n")
+        # The folder's template says so too: Hugging Face renders the same prompt from it.
+        hf = AutoTokenizer.from_pretrained(GPT_DIR).apply_chat_template(
+            messages,  # type: ignore[arg-type]  # plain dicts, as users pass them
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        assert hf == prompt
 
     asyncio.run(main())
 
