@@ -7,15 +7,16 @@ ASSISTANT_SPEAKER = "IAGO"
 
 # The chat template (Jinja, as Hugging Face's `apply_chat_template` renders it): a conversation becomes a scene of a
 # play, the form the model was trained on. Each message is a speech under its speaker's heading line (the
-# message's `name`, else the role's default speaker), a system message a stage direction in brackets, every speech
-# followed by a blank line; the generation prompt is the assistant speaker's heading. `user_speaker` and
+# message's `name`, else the role's default speaker), a system message (or developer, OpenAI's newer name for it) a
+# stage direction in brackets, every speech followed by a blank line; the generation prompt is the assistant
+# speaker's heading. `user_speaker` and
 # `assistant_speaker` may be passed to override the defaults. Content is a string (the server joins text parts).
 CHAT_TEMPLATE = (
     r"""
 {%- set user = user_speaker | default('USER') -%}
 {%- set assistant = assistant_speaker | default('ASSISTANT') -%}
 {%- for message in messages -%}
-    {%- if message.role == 'system' -%}
+    {%- if message.role in ('system', 'developer') -%}
         {{ '[' + message.content | trim + ']\n\n' }}
     {%- else -%}
         {%- set speaker = message.name or (user if message.role == 'user' else assistant) -%}

@@ -42,7 +42,7 @@ class Controls:
         self, rows: Sequence[tuple[SamplingParams, int]], row0: int, counts: TokenCounts, device: torch.device
     ) -> None:
         """`rows[i]` = (params, tokens generated so far) of plan row i, which is cache row `row0 + i`."""
-        members = [i for i, (p, _) in enumerate(rows) if p.uses_controls]
+        members = [i for i, (p, generated) in enumerate(rows) if p.uses_controls_at(generated)]
         params = [rows[i][0] for i in members]
 
         def column(values: list[float]) -> torch.Tensor:
@@ -74,7 +74,7 @@ class Controls:
         cls, rows: Sequence[tuple[SamplingParams, int]], row0: int, counts: TokenCounts, device: torch.device
     ) -> Controls | None:
         """The controls of `rows`, or None when no row uses any (the common case costs nothing)."""
-        if not any(p.uses_controls for p, _ in rows):
+        if not any(p.uses_controls_at(generated) for p, generated in rows):
             return None
         return cls(rows, row0, counts, device)
 

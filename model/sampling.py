@@ -51,12 +51,17 @@ class SamplingParams:
     @property
     def uses_controls(self) -> bool:
         """Whether model/logits.py has anything to do for this request."""
+        return self.uses_controls_at(0)
+
+    def uses_controls_at(self, generated: int) -> bool:
+        """Whether model/logits.py has anything to do for this request once it has generated `generated` tokens:
+        a met min_tokens costs nothing more (chat asks min_tokens 1 of every reply)."""
         return bool(
             self.frequency_penalty
             or self.presence_penalty
             or self.repetition_penalty != 1
             or self.logit_bias
-            or (self.min_tokens and self.stop_token_ids)
+            or (generated < self.min_tokens and self.stop_token_ids)
         )
 
 

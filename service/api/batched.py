@@ -25,7 +25,9 @@ async def answer(client: BatchClient, payload: object) -> Response:
 
 
 def check_embeddings(body: EmbeddingRequest, gpt: ServedGPT) -> None:
-    """400 for what the schema cannot know: ids outside the vocabulary, a `dimensions` not the model's width."""
+    """404 for a model not served, as completions answer it; 400 for what the schema cannot know: ids outside the
+    vocabulary, a `dimensions` not the model's width."""
+    gpt.check_model(body.model)
     bad = find_out_of_vocabulary(body.input, gpt.vocab_size, "input")
     if bad is not None:
         raise out_of_vocabulary(bad, gpt.vocab_size)

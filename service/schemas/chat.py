@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from model.sampling import MAX_LOGPROBS
 from service.schemas.completions import FinishReason, Usage
@@ -19,19 +19,32 @@ from service.schemas.sampling import Lenient, SamplingRequest
 
 MAX_MESSAGES = 64
 MAX_CONTENT_CHARS = 32_768
-# A speaker's name becomes a heading line of the play: letters first, then letters, digits, spaces, ' _ -.
-SPEAKER_PATTERN = r"^[A-Za-z][A-Za-z0-9 '_-]{0,63}$"
+MAX_NAME_CHARS = 64
 
 # Request fields OpenAI defines that this model cannot honour: refused by name (a 400), never silently ignored.
 NOT_SUPPORTED = ("tools", "tool_choice", "functions", "function_call", "audio", "prediction", "web_search_options")
+# Values of those that ask for nothing (agent frameworks send them on every call): no tool, so nothing to refuse.
+ASKS_NOTHING: tuple[object, ...] = (None, [], "none")
+
+
+def speaker_heading(name: str) -> str:
+    """A message's `name` as one heading line of the play: any character but control ones, whitespace runs (new
+    lines included) as one space, no full stop at the end (the heading adds its own); "" when nothing is left."""
+    line = " ".join("".join(c if c.isprintable() else " " for c in name).split())
+    return line.rstrip(". ")
 
 
 class ChatMessage(Lenient):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict[str, Any]] | None = Field(
         default=None, description='A string, or a list of parts of {"type": "text", "text": ...}.'
     )
-    name: str | None = Field(default=None, pattern=SPEAKER_PATTERN, description="The speaker's name (a heading).")
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="The speaker's name: its heading line (new lines and control characters become spaces).",
+    )
     tool_calls: list[dict[str, Any]] | None = None  # refused: accepted here only to be named in the 400
 
     def unsupported(self, where: str) -> tuple[str, str] | None:
@@ -89,7 +102,7 @@ class ChatCompletionRequest(SamplingRequest):
     def unsupported(self) -> tuple[str, str] | None:
         """(parameter, why) for the first thing asked that this model cannot do, or None."""
         for name in NOT_SUPPORTED:
-            if getattr(self, name) is not None:
+            if not any(getattr(self, name) == nothing for nothing in ASKS_NOTHING):
                 return name, f"`{name}` is not supported by this model"
         if self.response_format is not None and self.response_format.type != "text":
             return "response_format", f"response_format {self.response_format.type!r} is not supported by this model"
@@ -152,12 +165,17 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: str | None = None
 
 
 class Delta(BaseModel):
+    """A stream chunk's delta: what is unset is left out (the spec types `role` non-null), so the last is `{}`."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class ChunkChoice(BaseModel):
@@ -174,4 +192,3 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from model.sampling import MAX_LOGPROBS
 from service.schemas.inputs import TextOrIds, check_inputs, split_inputs
@@ -48,6 +48,11 @@ class CompletionRequest(SamplingRequest):
     )
     # OpenAI's, not implemented: present so that a request setting it is refused by name (400).
     suffix: str | None = Field(default=None, description="Not supported (400): the model cannot fill in the middle.")
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _null_prompt(cls, v: object) -> object:
+        return "" if v is None else v  # OpenAI's default, <|endoftext|>: an empty prompt starts from it here too
 
     @field_validator("prompt")
     @classmethod
@@ -127,7 +132,14 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _usage_only_when_counted(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The spec types `usage` non-null: a chunk before the usage chunk leaves it out.
+        data: dict[str, Any] = handler(self)
+        if data.get("usage") is None:
+            data.pop("usage", None)
+        return data
 
 
 class StreamChunk:
@@ -147,7 +159,6 @@ class StreamChunk:
             model=model,
             choices=[],
             usage=None,
-            system_fingerprint=None,
         ).model_dump_json()
         self._head, self._tail = frame.split('"choices":[]', 1)
 

@@ -6,18 +6,17 @@ import base64
 import struct
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from service.schemas.inputs import TextOrIds, check_inputs, split_inputs
+from service.schemas.sampling import Lenient
 
 MAX_INPUTS = 64
 MAX_INPUT_CHARS = 32_768
 MAX_INPUT_TOKENS = 65_536  # an id list longer than the context keeps its first `context` tokens, as a text does
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown parameters are ignored, as OpenAI-compatible servers do
-
+class EmbeddingRequest(Lenient):
     model: str | None = None
     input: TextOrIds = Field(
         description=f"A text, a list of texts, a list of token ids, or a list of such lists (at most {MAX_INPUTS})."
@@ -31,7 +30,8 @@ class EmbeddingRequest(BaseModel):
     @field_validator("input")
     @classmethod
     def _check_input(cls, v: TextOrIds) -> TextOrIds:
-        check_inputs(v, "input", MAX_INPUTS, MAX_INPUT_CHARS, MAX_INPUT_TOKENS)
+        # OpenAI's spec: the input "cannot be an empty string" (nor an empty list): nothing to embed.
+        check_inputs(v, "input", MAX_INPUTS, MAX_INPUT_CHARS, MAX_INPUT_TOKENS, empty_text=False)
         return v
 
     @property

@@ -18,8 +18,11 @@ def split_inputs(v: TextOrIds) -> list[str | list[int]]:
     return [t for t in v if isinstance(t, str | list)]
 
 
-def check_inputs(v: TextOrIds, name: str, max_items: int, max_chars: int, max_ids: int) -> None:
-    """Raise ValueError (a 422 naming `name`) for an input of no item, too many, or one too long."""
+def check_inputs(
+    v: TextOrIds, name: str, max_items: int, max_chars: int, max_ids: int, *, empty_text: bool = True
+) -> None:
+    """Raise ValueError (a 422 naming `name`) for an input of no item, too many, or one too long; with
+    `empty_text` False, for an empty text too."""
     items = split_inputs(v)
     if not items:
         raise ValueError(f"{name} must not be an empty list")
@@ -27,6 +30,8 @@ def check_inputs(v: TextOrIds, name: str, max_items: int, max_chars: int, max_id
         raise ValueError(f"at most {max_items} {name}s per request")
     for item in items:
         if isinstance(item, str):
+            if not item and not empty_text:
+                raise ValueError(f"{name} must not be an empty string")
             if len(item) > max_chars:
                 raise ValueError(f"a {name} is longer than {max_chars} characters")
         elif not item:

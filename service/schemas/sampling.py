@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model.sampling import SamplingParams
 from service.schemas.controls import SamplingControls
@@ -31,9 +31,18 @@ NO_TOP_K = 0  # top_k is an extension (as in vLLM); 0 is off
 
 
 class Lenient(BaseModel):
-    """Unknown parameters are ignored, as OpenAI-compatible servers do."""
+    """Unknown parameters are ignored, as OpenAI-compatible servers do; a null is a parameter not given."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_not_given(cls, data: Any) -> Any:
+        # Clients send unset options as null (OpenAI's spec allows it): a field with a default then takes it.
+        if not isinstance(data, dict):
+            return data
+        defaulted = {name for name, f in cls.model_fields.items() if not f.is_required() and f.default is not None}
+        return {key: value for key, value in data.items() if value is not None or key not in defaulted}
 
 
 class StreamOptions(Lenient):
@@ -73,7 +82,9 @@ class SamplingRequest(SamplingControls, Lenient):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling; default 1.")
     top_k: int | None = Field(default=None, ge=0, le=1000, description="0 means no top-k cut (extension, as in vLLM).")
     stop: str | list[str] | None = Field(default=None, description="Stop strings, matched on text, not returned.")
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(
+        default=None, ge=-(2**63), le=2**63 - 1, description="Any int64; taken modulo 2^63 (-1 samples as 2^63 - 1)."
+    )
     n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -93,9 +104,7 @@ class SamplingRequest(SamplingControls, Lenient):
         stops = [v] if isinstance(v, str) else v
         if len(stops) > MAX_STOP:
             raise ValueError(f"at most {MAX_STOP} stop strings")
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
-        return stops
+        return [s for s in stops if s] or None  # an empty stop string matches nothing: it is no stop
 
     @property
     def stops(self) -> list[str]:
@@ -135,7 +144,8 @@ class SamplingRequest(SamplingControls, Lenient):
             temperature=_pick(self.temperature, defaults.temperature, OPENAI_TEMPERATURE),
             top_k=_pick(self.top_k, defaults.top_k, NO_TOP_K),
             top_p=_pick(self.top_p, defaults.top_p, OPENAI_TOP_P),
-            # Each choice its own seed, so that n > 1 gives different samples, reproducibly.
+            # Each choice its own seed, so that n > 1 gives different samples, reproducibly; any int64 maps into
+            # the engine's range [0, 2^63) by the same modulo.
             seed=None if self.seed is None else (self.seed + index) % 2**63,
             logprobs=self.asked_logprobs(),
             **self.control_params(stop_token_ids),

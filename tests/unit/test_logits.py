@@ -36,11 +36,10 @@ def apply(rows: list[SamplingParams], logits: torch.Tensor, output: list[int] = 
         counts.start(row, PROMPT)
     for i, token in enumerate(output):
         controls = Controls.of([(p, i) for p in rows], 0, counts, CPU)
-        assert controls is not None
-        controls.record(torch.full((len(rows),), token))
+        if controls is not None:  # none once a row's only control, min_tokens, is met
+            controls.record(torch.full((len(rows),), token))
     controls = Controls.of([(p, len(output)) for p in rows], 0, counts, CPU)
-    assert controls is not None
-    return controls.apply(logits)
+    return logits if controls is None else controls.apply(logits)
 
 
 def seen_ids() -> torch.LongTensor:
@@ -104,6 +103,9 @@ def test_controls_combine_in_vllms_order(logits):
 def test_no_controls_no_object():
     assert Controls.of([(SamplingParams(min_tokens=4), 0)], 0, TokenCounts(1, VOCAB, CPU), CPU) is None  # no stops
     assert not SamplingParams(top_k=5, min_p=0.1, logprobs=2).uses_controls
+    met = SamplingParams(min_tokens=1, stop_token_ids=(5,))  # chat's: it masks the first token only
+    assert Controls.of([(met, 0)], 0, TokenCounts(1, VOCAB, CPU), CPU) is not None
+    assert Controls.of([(met, 1)], 0, TokenCounts(1, VOCAB, CPU), CPU) is None
 
 
 def hugging_face_warped(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:

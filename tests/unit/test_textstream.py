@@ -63,7 +63,10 @@ def test_earliest_of_several_stops_wins(tok):
         ("Why, go to bed.\n\nRODERIGO.\nI will", "Why, go to bed.", True),  # a blank line
         ("What say'st thou,\nnoble heart?\nRODERIGO.\nWhat", "What say'st thou,\nnoble heart?", True),  # a heading
         ("Ends here\nFIRST CITIZEN.\nHo", "Ends here", True),  # a heading of several words
-        ("\nIAGO.\nx", "", True),  # a heading at once: an empty speech
+        # A speech says something before it ends: blank lines and headings before its first words are dropped.
+        ("\nIAGO.\nx", "x", False),
+        ("\n\nSo, my lord.\n\nOTHELLO.\n", "So, my lord.", True),
+        ("  \nRODERIGO.\n\nWell.\nIAGO.\n", "Well.", True),
         ("ALL CAPS LINE\nnext", "ALL CAPS LINE\nnext", False),  # capitals without the full stop: still speech
         ("O, then.\nTo the sea", "O, then.\nTo the sea", False),
         ("cut short\nIAG", "cut short\nIAG", False),  # held back while it may be a heading, released at the end

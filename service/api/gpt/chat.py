@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, cast
 
 from fastapi import HTTPException
@@ -21,7 +22,7 @@ from service.api.errors import openai_error
 from service.api.gpt.choices import Choice, ChoiceRun, Step
 from service.api.gpt.choices import TokenLogprob as Record
 from service.api.gpt.served import ServedGPT
-from service.api.gpt.textstream import SpeechStream
+from service.api.gpt.textstream import SpeechStream, TextStream
 from service.schemas.chat import (
     AssistantMessage,
     ChatChoice,
@@ -35,6 +36,7 @@ from service.schemas.chat import (
     TokenLogprob,
     TopLogprob,
     chat_completion_id,
+    speaker_heading,
 )
 from service.schemas.completions import Usage
 
@@ -44,8 +46,15 @@ class Chat:
         self.gpt = gpt
 
     def render(self, messages: list[ChatMessage]) -> str:
-        """The prompt for `messages`, as `AutoTokenizer.from_pretrained(folder).apply_chat_template` renders it."""
-        conversation = [{"role": m.role, "content": m.text, **({"name": m.name} if m.name else {})} for m in messages]
+        """The prompt for `messages`, as `AutoTokenizer.from_pretrained(folder).apply_chat_template` renders it.
+
+        `developer` is OpenAI's newer name for `system`; a name becomes one heading line (`speaker_heading`), so
+        that no name can open a speech of its own or end one."""
+        conversation = []
+        for m in messages:
+            name = speaker_heading(m.name or "")
+            role = "system" if m.role == "developer" else m.role
+            conversation.append({"role": role, "content": m.text, **({"name": name} if name else {})})
         settings = self.gpt.settings
         prompt = self.gpt.tok.apply_chat_template(
             conversation,
@@ -64,8 +73,14 @@ class Chat:
         prompt_ids = self.gpt.prompt_ids(self.render(body.messages), param="messages")
         choices = []
         for i in range(body.n):
-            params = self.gpt.params(body, prompt_ids, i)
-            text = SpeechStream(self.gpt.tok, body.stops, params.min_tokens)
+            # A speech says something before it ends: end-of-text cannot be its first token (the engine masks it).
+            params = replace(self.gpt.params(body, prompt_ids, i), min_tokens=max(1, body.min_tokens))
+            # ignore_eos: the end of a speech is this model's end of turn, so generation runs past it too.
+            text: TextStream = (
+                TextStream(self.gpt.tok, body.stops, params.min_tokens)
+                if body.ignore_eos
+                else SpeechStream(self.gpt.tok, body.stops, params.min_tokens)
+            )
             choices.append(Choice(i, prompt_ids, params, text, logprobs=[] if body.logprobs else None))
         return choices
 

@@ -241,10 +241,12 @@ class ChoiceRun:
         if choice.logprobs is not None:
             # A token's logprobs go out with its text: held while its text is held back, dropped when a stop cut
             # it off (the stop string's tokens are not the reply's), all released at any other end.
-            shown = len(choice.text.text)
+            shown, dropped = choice.text.shown_length, choice.text.dropped
             everything = choice.finish_reason is not None and not choice.text.stopped
-            step.logprobs = [r for r in choice.held if everything or r.offset < shown]
-            choice.held = [] if choice.finish_reason is not None else choice.held[len(step.logprobs) :]
+            released = [r for r in choice.held if everything or r.offset < shown]
+            choice.held = [] if choice.finish_reason is not None else choice.held[len(released) :]
+            # Tokens wholly in what a speech dropped before its first words are not the reply's either.
+            step.logprobs = [r for r in released if r.offset + len(r.text) > dropped]
             choice.logprobs.extend(step.logprobs)
         return step
 

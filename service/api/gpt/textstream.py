@@ -29,14 +29,20 @@ class TextStream:
         self._pushed = 0
         self._max_stop = max((len(s) for s in stops), default=0)
         self._pending: list[int] = []  # tokens whose bytes do not yet end on a character boundary
-        self._decoded = ""  # whole characters decoded so far
+        self._decoded = ""  # whole characters decoded so far, less the `dropped` ones before the reply
+        self.dropped = 0  # characters decoded before the reply began, never handed out (SpeechStream's)
         self.text = ""  # all text handed out so far
         self.stopped = False
 
     @property
     def decoded_length(self) -> int:
-        """Characters decoded so far: where the next token's text starts."""
-        return len(self._decoded)
+        """Characters decoded so far, dropped ones included: where the next token's text starts."""
+        return self.dropped + len(self._decoded)
+
+    @property
+    def shown_length(self) -> int:
+        """Where the text handed out so far ends, counted as `decoded_length` counts."""
+        return self.dropped + len(self.text)
 
     def push(self, token_id: int) -> str:
         """Add a token; return the new text that is safe to send (possibly empty)."""
@@ -49,6 +55,7 @@ class TextStream:
             return ""  # wait for the rest of the character
         self._pending.clear()
         self._decoded += piece
+        self._drop_front()
         cut = self._stop_at() if self._pushed >= self._min_tokens else None
         if cut is not None:
             self.stopped = True
@@ -63,6 +70,9 @@ class TextStream:
             self._decoded += decode(self._tok, self._pending)
             self._pending.clear()
         return self._hand_out(len(self._decoded))
+
+    def _drop_front(self) -> None:
+        """Drop decoded text that comes before the reply (none here)."""
 
     def _stop_at(self) -> int | None:
         """Where the text ends, if a stop string has come: the first one found past what was handed out."""
@@ -98,13 +108,24 @@ class SpeechStream(TextStream):
     heading (a line such as `OTHELLO.` or `FIRST CITIZEN.`), neither of which is handed out; stop strings as above.
 
     The speech starts on a fresh line (the prompt ends with its speaker's heading), so the text is read as if a new
-    line came before it: a reply that opens with a heading or a blank line is an empty speech.
+    line came before it. A speech says something before it can end: blank lines and headings before its first words
+    are dropped (the model began a new speech: it is taken as the reply), and nothing is handed out while the text
+    is blank, so a reply is never empty because it began with an end. (End-of-text cannot come first either: chat
+    asks min_tokens 1 of the engine.)
     """
 
     # A new line, then a blank line or a heading line: capitals, spaces, apostrophes and hyphens, a full stop.
     _END = re.compile(r"\n(?:\n|[A-Z][A-Z' -]+\.\n)")
     # What the last line may be while it can still become a heading (or the blank line's second new line).
     _MAY_END = re.compile(r"\n(?:[A-Z][A-Z' -]*\.?)?")
+    # Blank lines and heading lines before the speech's first words.
+    _PREAMBLE = re.compile(r"(?:[ \t]*\n|[A-Z][A-Z' -]+\.\n)+")
+
+    def _drop_front(self) -> None:
+        found = None if self.text else self._PREAMBLE.match(self._decoded)
+        if found is not None:
+            self.dropped += found.end()
+            self._decoded = self._decoded[found.end() :]
 
     def _stop_at(self) -> int | None:
         own = super()._stop_at()
@@ -114,6 +135,8 @@ class SpeechStream(TextStream):
         return min(ends) if ends else None
 
     def _held_back(self) -> int:
+        if not self._decoded.strip():
+            return len(self._decoded)  # blank so far: it may yet turn out to be a blank line, dropped
         text = "\n" + self._decoded
         line = text.rfind("\n")
         tail = len(text) - line if self._MAY_END.fullmatch(text, line) else 0
