@@ -96,10 +96,7 @@ class GPT2Forward:
         tr = model.transformer
         self._wte, self._wpe = tr.wte.weight, tr.wpe.weight
         self._ln_f = (tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
-        if model.lm_head.bias is not None:
-            raise ValueError("GPT2Forward expects an lm_head without bias (GPT-2's)")
-        # The head as [width, vocab], copied once: x @ head measured faster than x @ weight.t() (the tied layout).
-        self._head = model.lm_head.weight.detach().t().contiguous()
+        self._head = model.lm_head.weight
 
     def attention_scale(self, layer: int) -> float:
         return self._layers[layer].scale
@@ -136,7 +133,8 @@ class GPT2Forward:
         """The head on hidden states [..., width]: logits [..., vocab]."""
         weight, bias, eps = self._ln_f
         x = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-        return (x.reshape(-1, x.shape[-1]) @ self._head).view(*x.shape[:-1], self.vocab)
+        # The tied [vocab, width] weight as the module uses it: a transposed copy changes the logits' rounding.
+        return F.linear(x, self._head)
 
 
 def cached_forward(model: torch.nn.Module) -> CachedForward:
