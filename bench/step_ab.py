@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -56,6 +57,25 @@ def decode_run(module: ModuleType, model: GPT2LMHeadModel, batch: int, steps: in
     return statistics.median(times), tokens
 
 
+# Requests whose outputs must not change: greedy with logprobs and prompt logprobs, seeded top-k, seeded penalties.
+CHECKS = (
+    {"temperature": 0.0, "logprobs": 5, "prompt_logprobs": 3},
+    {"temperature": 0.9, "top_k": 20, "seed": 7, "logprobs": 2},
+    {"temperature": 1.0, "seed": 11, "logprobs": 1, "repetition_penalty": 1.3, "frequency_penalty": 0.5},
+)
+
+
+def outputs(module: ModuleType, model: GPT2LMHeadModel, params: Mapping[str, object]) -> list[tuple[object, ...]]:
+    """Every event of six requests of uneven lengths (joining together, then decoding as a batch)."""
+    engine = module.Engine(model, max_batch_size=8)
+    for i in range(6):
+        engine.add_request(str(i), list(range(1 + i, 20 + 3 * i)), module.SamplingParams(max_tokens=40, **params))
+    events: list[tuple[object, ...]] = []
+    while engine.has_work():
+        events += [(e.request_id, e.token_id, e.logprob, e.top_logprobs, e.prompt_logprobs) for e in engine.step()]
+    return events
+
+
 def main(argv: list[str] | None = None) -> None:
     from bench.engine import load_model
     from model import engine as new
@@ -73,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="tinyserve-base-") as folder:
         old = engine_at(args.base, Path(folder))
         print(f"Decode step, this tree vs {args.base}: {label}, {args.threads} thread(s), {args.repeats} repeats")
+        same = all(outputs(old, model, params) == outputs(new, model, params) for params in CHECKS)
+        print(f"Tokens, logprobs and prompt logprobs (greedy, seeded top-k, seeded penalties): identical: {same}")
         print("\n| batch | old ms | new ms | new / old (median, range) |\n|---:|---:|---:|---|")
         for batch in [int(b) for b in args.batches.split(",")]:
             for module in (old, new):  # warm-up
