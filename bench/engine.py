@@ -5,7 +5,8 @@ top-k (and, with `--modes ...,controls`, top-k with every sampling control on: m
 bias and min_tokens; generate gets those it has), interleaved repeat by repeat so that a noisy machine slows both
 alike; figures are medians. Tokens/s
 counts new tokens over the whole call, prefill included. The step split times the engine's model forward and
-its sampling; the rest of a step is bookkeeping (admission, events, slot moves).
+its sampling; the rest of a step is bookkeeping (admission, events, slot moves). Last, one decode step at batch 1
+op by op (bench/step_profile.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from transformers import GPT2LMHeadModel
 
+from bench.step_profile import table as step_table
 from model.engine import Engine, SamplingParams
 from model.gpt import GPT_DIR, count_parameters, gpt_config, load_gpt, pick_dtype
 
@@ -244,6 +246,7 @@ def report(args: argparse.Namespace) -> str:
             got = ", ".join(f"{mode} {ratios[b, mode]:.2f}x" for mode in plain)
             met = all(ratios[b, mode] >= goal for mode in plain)
             lines.append(f"- Goal at batch {b}: engine >= {goal}x generate: {got} -> {'met' if met else 'NOT met'}.")
+    lines += ["", step_table(model)]
     return "\n".join(lines)
 
 

@@ -29,13 +29,13 @@ class Launched:
 
 
 @contextmanager
-def launched(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[Launched]:
-    """Run `argv` with exactly `env` (output to `log`) until GET /health on `port` answers 200; SIGTERM it (then
-    SIGKILL) when the block ends. A server that exits or stays unhealthy raises with the end of its log."""
+def launched(argv: list[str], port: int, env: dict[str, str], log: Path, cwd: Path = REPO) -> Iterator[Launched]:
+    """Run `argv` in `cwd` with exactly `env` (output to `log`) until GET /health on `port` answers 200; SIGTERM it
+    (then SIGKILL) when the block ends. A server that exits or stays unhealthy raises with the end of its log."""
     with log.open("wb") as out:
         # A server makes its own metrics folder: one named by the caller would be emptied by every server started.
         env = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _healthy(port):

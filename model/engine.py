@@ -81,6 +81,7 @@ class Engine:
             net = self._net
             shape = (net.n_layer, 2, max_batch_size, net.n_head, self._ctx, net.head_dim)
             self._kv = torch.zeros(shape, dtype=self._dtype, device=self._device)
+            self._layer_kv = list(self._kv.unbind(0))  # views made once, not on every step
             self._arange = torch.arange(max(self._ctx, max_batch_size), device=self._device)
             self._counts = TokenCounts(max_batch_size, self._vocab, self._device)
         self._rng = torch.Generator(device=self._device)
@@ -90,6 +91,8 @@ class Engine:
         self._waiting: deque[_Seq] = deque()
         self._cancels: set[str] = set()
         self._live: set[str] = set()
+        self._scales = [net.attention_scale(i) for i in range(net.n_layer)]
+        self._heads = (net.n_head, net.head_dim)
         self._rows: list[_Seq] = []  # row i of the cache; only step() and reset() touch it
         self._batch: _Batch | None = None
 
@@ -251,11 +254,14 @@ class Engine:
         ids = torch.tensor([s.prompt + [0] * (width - len(s.prompt)) for s in seqs], device=self._device)
         last = torch.tensor(lengths, device=self._device) - 1
 
-        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        def attend(i: int, qkv: torch.Tensor) -> torch.Tensor:
+            heads, dim = self._heads
+            q, k, v = qkv.view(n, width, 3, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)  # [n, heads, width, dim]
             # Padding past a prompt's end is written too; decoding overwrites it before any query can see it.
-            self._kv[i, 0, r0 : r0 + n, :, :width] = k
-            self._kv[i, 1, r0 : r0 + n, :, :width] = v
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self._net.attention_scale(i))
+            self._layer_kv[i][0, r0 : r0 + n, :, :width] = k
+            self._layer_kv[i][1, r0 : r0 + n, :, :width] = v
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self._scales[i])
+            return y.transpose(1, 2).reshape(n * width, heads * dim)
 
         scored = [j for j, s in enumerate(seqs) if s.params.prompt_logprobs is not None]
         every = torch.tensor(scored, device=self._device) if scored else None
@@ -297,17 +303,21 @@ class Engine:
         # Rows shorter than the longest mask out the stale tail of their slot.
         mask = None if batch.uniform else (self._arange[:span] <= batch.positions).view(b, 1, 1, span)
 
-        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            keys, values = self._kv[i, 0], self._kv[i, 1]
+        heads, dim = self._heads
+        width = heads * dim
+        at = batch.positions[:, 0]
+
+        def attend(i: int, qkv: torch.Tensor) -> torch.Tensor:
+            qkv = qkv.view(b, 3 * width)
+            kv = self._layer_kv[i]  # [key/value, slot, head, position, dim]
             if batch.uniform:
-                keys[:b, :, first] = k[:, :, 0]
-                values[:b, :, first] = v[:, :, 0]
-            else:
-                keys[rows, :, batch.positions[:, 0]] = k[:, :, 0]
-                values[rows, :, batch.positions[:, 0]] = v[:, :, 0]
-            return F.scaled_dot_product_attention(
-                q, keys[:b, :, :span], values[:b, :, :span], attn_mask=mask, scale=self._net.attention_scale(i)
-            )
+                kv[:, :b, :, first] = qkv[:, width:].view(b, 2, heads, dim).transpose(0, 1)
+            else:  # the two index tensors put the batch first: [b, key/value, head, dim]
+                kv[:, rows, :, at] = qkv[:, width:].view(b, 2, heads, dim)
+            keys, values = kv[:, :b, :, :span].unbind(0)
+            q = qkv[:, :width].view(b, heads, 1, dim)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self._scales[i])
+            return y.reshape(b, width)
 
         logits, _ = self._forward(batch.tokens, batch.positions, attend)
         for s in self._rows:

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-# attend(layer, q, k, v) stores the keys and values where they belong and returns the attention output;
-# q, k and v are [batch, heads, positions, head_dim].
-Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# attend(layer, qkv) stores the keys and values of qkv [batch, positions, 3 * width] (queries, keys, values, each
+# [heads, head_dim] per position) where they belong and returns the attention output [batch * positions, width].
+Attend = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class CachedForward(Protocol):
@@ -59,14 +59,20 @@ class _Layer(NamedTuple):
     scale: float
 
     @classmethod
-    def of(cls, block: GPT2Block) -> _Layer:
+    def of(cls, block: GPT2Block, activation: str) -> _Layer:
         attn, mlp = block.attn, block.mlp
+        # The function itself, not the module: a module call costs hook checks on every one of a step's calls.
+        act = _tanh_gelu if activation == "gelu_pytorch_tanh" else mlp.act
         return cls(
-            block.ln_1.weight, block.ln_1.bias, attn.c_attn.weight, attn.c_attn.bias,
-            attn.c_proj.weight, attn.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
-            mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias,
-            mlp.act, block.ln_1.eps, float(attn.scaling),
+            block.ln_1.weight, block.ln_1.bias, attn.c_attn.weight.contiguous(), attn.c_attn.bias,
+            attn.c_proj.weight.contiguous(), attn.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
+            mlp.c_fc.weight.contiguous(), mlp.c_fc.bias, mlp.c_proj.weight.contiguous(), mlp.c_proj.bias,
+            act, block.ln_1.eps, float(attn.scaling),
         )  # fmt: skip
+
+
+def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
 
 
 class GPT2Forward:
@@ -86,7 +92,11 @@ class GPT2Forward:
         self.head_dim: int = cfg.n_embd // cfg.n_head
         self.context: int = cfg.n_positions
         self.vocab: int = model.lm_head.out_features
-        self._layers = [_Layer.of(cast(GPT2Block, block)) for block in model.transformer.h]
+        self._layers = [_Layer.of(cast(GPT2Block, block), cfg.activation_function) for block in model.transformer.h]
+        tr = model.transformer
+        self._wte, self._wpe = tr.wte.weight, tr.wpe.weight
+        self._ln_f = (tr.ln_f.weight, tr.ln_f.bias, tr.ln_f.eps)
+        self._head = model.lm_head.weight
 
     def attention_scale(self, layer: int) -> float:
         return self._layers[layer].scale
@@ -101,23 +111,30 @@ class GPT2Forward:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits [b, vocab] at each row's position `last` (default: the final one) of `ids` [b, s]; and for the
         rows `every` (prompts being scored), logits [len(every), s, vocab] at every position, else None."""
-        tr = self._model.transformer
         b, s = ids.shape
         width = self.n_head * self.head_dim
-        x = (tr.wte(ids) + tr.wpe(positions)).view(b * s, width)
+        x = (F.embedding(ids, self._wte) + F.embedding(positions, self._wpe)).view(b * s, width)
         for i, w in enumerate(self._layers):
             h = F.layer_norm(x, (width,), w.ln_1_weight, w.ln_1_bias, w.eps)
-            qkv = torch.addmm(w.attn_bias, h, w.attn_weight).view(b, s, 3, self.n_head, self.head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [b, heads, s, head_dim]
-            y = attend(i, q, k, v).transpose(1, 2).reshape(b * s, width)
+            y = attend(i, torch.addmm(w.attn_bias, h, w.attn_weight).view(b, s, 3 * width))
             x = torch.addmm(w.proj_bias, y, w.proj_weight).add_(x)
             h = F.layer_norm(x, (width,), w.ln_2_weight, w.ln_2_bias, w.eps)
             h = w.act(torch.addmm(w.fc_bias, h, w.fc_weight))
             x = torch.addmm(w.out_bias, h, w.out_weight).add_(x)
         x = x.view(b, s, width)
-        full = None if every is None else self._model.lm_head(tr.ln_f(x.index_select(0, every)))
-        x = x[:, -1] if last is None else x[torch.arange(b, device=self.device), last]
-        return self._model.lm_head(tr.ln_f(x)), full
+        full = None if every is None else self._logits(x.index_select(0, every))
+        if last is not None:
+            x = x[torch.arange(b, device=self.device), last]
+        else:
+            x = x.view(b, width) if s == 1 else x[:, -1]
+        return self._logits(x), full
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head on hidden states [..., width]: logits [..., vocab]."""
+        weight, bias, eps = self._ln_f
+        x = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        # The tied [vocab, width] weight as the module uses it: a transposed copy changes the logits' rounding.
+        return F.linear(x, self._head)
 
 
 def cached_forward(model: torch.nn.Module) -> CachedForward:
