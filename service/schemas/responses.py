@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from model.sampling import MAX_LOGPROBS
 from service.schemas.chat import MAX_CONTENT_CHARS, MAX_MESSAGES, ChatMessage
@@ -257,4 +257,11 @@ class Response(BaseModel):
     top_p: float
     truncation: Literal["disabled"] = "disabled"
     usage: ResponseUsage | None = None
-    user: str | None = None
+    # No `user`: the spec types it as a string, never null, and it is deprecated (the request's is ignored).
+
+    @model_serializer(mode="wrap")
+    def _usage_once_known(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("usage") is None:  # the spec's usage is an object, never null: left out of the in-progress events
+            data.pop("usage", None)
+        return data

@@ -18,7 +18,14 @@ from typing import Any
 
 import yaml
 
-OPERATIONS = ("createCompletion", "createChatCompletion", "listModels", "retrieveModel", "createEmbedding")
+OPERATIONS = (
+    "createCompletion",
+    "createChatCompletion",
+    "listModels",
+    "retrieveModel",
+    "createEmbedding",
+    "createResponse",
+)
 SOURCE = "https://github.com/openai/openai-openapi"
 
 

@@ -23,14 +23,22 @@ import pytest
 from tests.helpers import sse_events
 from tests.openai_spec import COMPLETION_CHUNK_ERRATA, ERRATA, spec, validator, with_errata
 
-OPERATIONS = ("createCompletion", "createChatCompletion", "listModels", "retrieveModel", "createEmbedding")
+OPERATIONS = (
+    "createCompletion",
+    "createChatCompletion",
+    "listModels",
+    "retrieveModel",
+    "createEmbedding",
+    "createResponse",
+)
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_spec_generated_requests_get_no_server_error_and_valid_answers(base_url, tmp_path):
     contract = with_errata(spec(), ERRATA)
     # schemathesis would check each event, not its `data`, against the chunk schema: the chunks are checked below.
-    del contract["paths"]["/chat/completions"]["post"]["responses"]["200"]["content"]["text/event-stream"]
+    for path in ("/chat/completions", "/responses"):
+        del contract["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"]
     document = tmp_path / "openapi.json"
     document.write_text(json.dumps(contract))
     st = shutil.which("st") or str(Path(sys.executable).parent / "st")
@@ -47,7 +55,7 @@ def test_the_spec_generated_requests_get_no_server_error_and_valid_answers(base_
         env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.server.openai_spec_hooks", "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
-    assert "Tested: 5" in out.stdout, out.stdout[-3000:]
+    assert "Tested: 6" in out.stdout, out.stdout[-3000:]
 
 
 def chunks(base_url: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -106,3 +114,26 @@ def test_chat_with_ignore_eos_gives_the_tokens_asked_for(base_url):
         body = {"messages": [{"role": "user", "content": "Speak!"}], "max_tokens": 64, "ignore_eos": True, "seed": seed}
         r = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60).json()
         assert r["usage"]["completion_tokens"] == 64 and r["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"instructions": "Speak briefly.", "max_output_tokens": 200},
+        {"input": [{"role": "user", "content": "Hark!"}]},
+    ],
+)
+def test_every_response_and_streamed_response_event_follows_the_spec(base_url, extra):
+    body = {"model": "tinyserve-gpt", "input": "KING.", "max_output_tokens": 12, **extra}
+    answer = httpx.post(f"{base_url}/v1/responses", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    validator("Response").validate(answer.json())
+    check = validator("ResponseStreamEvent")
+    with httpx.stream("POST", f"{base_url}/v1/responses", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        events = [json.loads(d) for d in sse_events(r.iter_lines())]
+    for event in events:
+        check.validate(event)
+    assert events[0]["type"] == "response.created"
+    assert events[-1]["type"] in ("response.completed", "response.incomplete")

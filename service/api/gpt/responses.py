@@ -79,7 +79,6 @@ class Responses:
             temperature=choice.params.temperature,
             top_logprobs=body.top_logprobs,
             top_p=choice.params.top_p,
-            user=body.user,
         )
         if body.stream:
             return self._stream(run, draft)
