@@ -23,14 +23,7 @@ import pytest
 from tests.helpers import sse_events
 from tests.openai_spec import COMPLETION_CHUNK_ERRATA, ERRATA, spec, validator, with_errata
 
-OPERATIONS = (
-    "createCompletion",
-    "createChatCompletion",
-    "listModels",
-    "retrieveModel",
-    "createEmbedding",
-    "createResponse",
-)
+OPERATIONS: tuple[str, ...] = tuple(spec()["info"]["x-trimmed-to"])  # every operation served here
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -55,7 +48,7 @@ def test_the_spec_generated_requests_get_no_server_error_and_valid_answers(base_
         env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.server.openai_spec_hooks", "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
-    assert "Tested: 6" in out.stdout, out.stdout[-3000:]
+    assert f"Tested: {len(OPERATIONS)}" in out.stdout, out.stdout[-3000:]
 
 
 def chunks(base_url: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
