@@ -6,7 +6,6 @@ the figures: docs/architecture-engine.md.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 
 from model.gpt2_forward import Attend, CachedForward, cached_forward
 from model.logits import Controls, TokenCounts
-from model.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, SamplingParams, SamplingPlan
+from model.sampling import SamplingParams, SamplingPlan, params_error
 
 __all__ = ["AdmissionError", "Engine", "PromptLogprob", "SamplingParams", "TokenEvent"]
 
@@ -202,37 +201,9 @@ class Engine:
         for name, ids in (("prompt", prompt_ids), ("stop_token_ids", p.stop_token_ids)):
             if not all(isinstance(t, int) and 0 <= t < self._vocab for t in ids):
                 raise AdmissionError(f"{name} holds token ids outside 0..{self._vocab - 1}")
-        if not (math.isfinite(p.temperature) and p.temperature >= 0):
-            raise AdmissionError("temperature must be a finite number >= 0")
-        if p.top_k < 0:
-            raise AdmissionError("top_k must be >= 0 (0 = off)")
-        if not 0 < p.top_p <= 1:
-            raise AdmissionError("top_p must be in (0, 1]")
-        if p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS:
-            raise AdmissionError(f"logprobs must be in 0..{MAX_LOGPROBS}")
-        if p.seed is not None and not -(2**63) <= p.seed < 2**64:
-            raise AdmissionError("seed must fit in 64 bits")
-        self._validate_controls(p)
-
-    def _validate_controls(self, p: SamplingParams) -> None:
-        if p.prompt_logprobs is not None and not 0 <= p.prompt_logprobs <= MAX_LOGPROBS:
-            raise AdmissionError(f"prompt_logprobs must be in 0..{MAX_LOGPROBS}")
-        if not 0 <= p.min_p <= 1:
-            raise AdmissionError("min_p must be in [0, 1]")
-        for name, value in (("frequency_penalty", p.frequency_penalty), ("presence_penalty", p.presence_penalty)):
-            if not -2 <= value <= 2:
-                raise AdmissionError(f"{name} must be in [-2, 2]")
-        if not 0 < p.repetition_penalty <= 2:
-            raise AdmissionError("repetition_penalty must be in (0, 2]")
-        if not 0 <= p.min_tokens <= p.max_tokens:
-            raise AdmissionError("min_tokens must be in 0..max_tokens")
-        if len(p.logit_bias) > MAX_LOGIT_BIAS:
-            raise AdmissionError(f"logit_bias holds more than {MAX_LOGIT_BIAS} entries")
-        for token, bias in p.logit_bias:
-            if not (isinstance(token, int) and 0 <= token < self._vocab):
-                raise AdmissionError(f"logit_bias token id {token} is outside 0..{self._vocab - 1}")
-            if not -100 <= bias <= 100:
-                raise AdmissionError(f"logit_bias of token {token} must be in [-100, 100]")
+        why = params_error(p, self._vocab)
+        if why is not None:
+            raise AdmissionError(why)
 
     def _forward(
         self,

@@ -187,3 +187,35 @@ class SamplingPlan:
         chosen = lp.gather(1, tokens.index_select(0, self._logprob_index).unsqueeze(1)).squeeze(1)
         top, top_ids = lp.topk(self._logprob_top, dim=-1)
         return chosen, top, top_ids
+
+
+def params_error(p: SamplingParams, vocab: int) -> str | None:
+    """Why the engine cannot sample with `p` over a vocabulary of `vocab` tokens, or None if it can."""
+    if not (math.isfinite(p.temperature) and p.temperature >= 0):
+        return "temperature must be a finite number >= 0"
+    if p.top_k < 0:
+        return "top_k must be >= 0 (0 = off)"
+    if not 0 < p.top_p <= 1:
+        return "top_p must be in (0, 1]"
+    for name, value in (("logprobs", p.logprobs), ("prompt_logprobs", p.prompt_logprobs)):
+        if value is not None and not 0 <= value <= MAX_LOGPROBS:
+            return f"{name} must be in 0..{MAX_LOGPROBS}"
+    if p.seed is not None and not -(2**63) <= p.seed < 2**64:
+        return "seed must fit in 64 bits"
+    if not 0 <= p.min_p <= 1:
+        return "min_p must be in [0, 1]"
+    for name, penalty in (("frequency_penalty", p.frequency_penalty), ("presence_penalty", p.presence_penalty)):
+        if not -2 <= penalty <= 2:
+            return f"{name} must be in [-2, 2]"
+    if not 0 < p.repetition_penalty <= 2:
+        return "repetition_penalty must be in (0, 2]"
+    if not 0 <= p.min_tokens <= p.max_tokens:
+        return "min_tokens must be in 0..max_tokens"
+    if len(p.logit_bias) > MAX_LOGIT_BIAS:
+        return f"logit_bias holds more than {MAX_LOGIT_BIAS} entries"
+    for token, bias in p.logit_bias:
+        if not (isinstance(token, int) and 0 <= token < vocab):
+            return f"logit_bias token id {token} is outside 0..{vocab - 1}"
+        if not -100 <= bias <= 100:
+            return f"logit_bias of token {token} must be in [-100, 100]"
+    return None
