@@ -52,7 +52,7 @@ def _install_signal_handlers(server: ls.LitServer, state: ServerState, grace: fl
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
         # Ctrl+C stops at once: no drain. Stopping first, so that the children LitServe now stops are not taken for
-        # deaths (service/supervisor.py).
+        # deaths (runtime/supervisor.py).
         state.begin_stop()
         state.release_children()
         signal.default_int_handler(signum, frame)
