@@ -222,6 +222,20 @@ def test_a_chat_reply_is_never_empty_because_it_began_with_an_end(opening):
     asyncio.run(main())
 
 
+def test_a_response_is_a_reply_as_chat_makes_it_never_empty_and_past_its_end_with_ignore_eos():
+    async def main() -> None:
+        gpt = fake_gpt(says("\nOTHELLO.\n" + REPLY * 8))
+        plain = (await post(gpt, "/v1/responses", {"input": "Speak.", "max_output_tokens": 24})).json()
+        assert plain["output"][0]["content"][0]["text"] == "I will, my lord."
+        assert gpt.worker.submitted[-1].params.min_tokens == 1
+        body = {"input": "Speak.", "max_output_tokens": 24, "ignore_eos": True}
+        long = (await post(gpt, "/v1/responses", body)).json()
+        assert long["usage"]["output_tokens"] == 24 and long["status"] == "incomplete"
+        assert gpt.worker.submitted[-1].params.stop_token_ids == ()
+
+    asyncio.run(main())
+
+
 def embeddings_app(gpt: FakeGPT) -> httpx.AsyncClient:
     """The embeddings route on the fake's served GPT; these requests are refused before any worker is asked."""
     app = FastAPI()

@@ -14,11 +14,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, cast
 
-from fastapi import HTTPException
 from starlette.requests import Request
 
 from model.gpt import token_bytes
-from service.api.errors import openai_error
+from service.api.errors import bad_request
 from service.api.gpt.choices import Choice, ChoiceRun, Step
 from service.api.gpt.choices import TokenLogprob as Record
 from service.api.gpt.served import ServedGPT
@@ -39,6 +38,7 @@ from service.schemas.chat import (
     speaker_heading,
 )
 from service.schemas.completions import Usage
+from service.schemas.sampling import SamplingRequest
 
 
 class Chat:
@@ -65,24 +65,25 @@ class Chat:
         )
         return cast(str, prompt)
 
+    def reply(self, body: SamplingRequest, prompt_ids: list[int], index: int, logprobs: bool) -> Choice:
+        """One assistant reply to `prompt_ids` (chat's and the Responses API's): a speech, unless `ignore_eos`."""
+        # A speech says something before it ends: end-of-text cannot be its first token (the engine masks it).
+        params = replace(self.gpt.params(body, prompt_ids, index), min_tokens=max(1, body.min_tokens))
+        # ignore_eos: the end of a speech is this model's end of turn, so generation runs past it too.
+        text: TextStream = (
+            TextStream(self.gpt.tok, body.stops, params.min_tokens)
+            if body.ignore_eos
+            else SpeechStream(self.gpt.tok, body.stops, params.min_tokens)
+        )
+        return Choice(index, prompt_ids, params, text, logprobs=[] if logprobs else None)
+
     def _choices(self, body: ChatCompletionRequest) -> list[Choice]:
         refused = body.unsupported()
         if refused is not None:
             param, why = refused
-            raise HTTPException(400, openai_error(why, param, "unsupported_parameter"))
+            raise bad_request(why, param, "unsupported_parameter")
         prompt_ids = self.gpt.prompt_ids(self.render(body.messages), param="messages")
-        choices = []
-        for i in range(body.n):
-            # A speech says something before it ends: end-of-text cannot be its first token (the engine masks it).
-            params = replace(self.gpt.params(body, prompt_ids, i), min_tokens=max(1, body.min_tokens))
-            # ignore_eos: the end of a speech is this model's end of turn, so generation runs past it too.
-            text: TextStream = (
-                TextStream(self.gpt.tok, body.stops, params.min_tokens)
-                if body.ignore_eos
-                else SpeechStream(self.gpt.tok, body.stops, params.min_tokens)
-            )
-            choices.append(Choice(i, prompt_ids, params, text, logprobs=[] if body.logprobs else None))
-        return choices
+        return [self.reply(body, prompt_ids, i, bool(body.logprobs)) for i in range(body.n)]
 
     async def create(self, body: ChatCompletionRequest, request: Request) -> Any:
         self.gpt.check_model(body.model)
@@ -105,7 +106,7 @@ class Chat:
                 ChatChoice(
                     index=c.index,
                     message=AssistantMessage(content=c.text.text),
-                    logprobs=None if c.logprobs is None else self._logprobs(c.logprobs),
+                    logprobs=None if c.logprobs is None else self.logprobs(c.logprobs),
                     finish_reason=c.finish_reason,
                 )
                 for c in choices
@@ -123,7 +124,7 @@ class Chat:
         def steps(step: Step) -> Iterable[str]:
             index = step.choice.index
             if step.delta or step.logprobs:
-                logprobs = None if step.choice.logprobs is None else self._logprobs(step.logprobs)
+                logprobs = None if step.choice.logprobs is None else self.logprobs(step.logprobs)
                 yield event(ChunkChoice(index=index, delta=Delta(content=step.delta), logprobs=logprobs))
             if step.finish_reason is not None:
                 yield event(ChunkChoice(index=index, delta=Delta(), finish_reason=step.finish_reason))
@@ -133,7 +134,7 @@ class Chat:
         usage = (lambda: event(usage=run.usage())) if include_usage else None
         return run.stream(opening, steps, usage)
 
-    def _logprobs(self, records: list[Record]) -> ChatLogprobs:
+    def logprobs(self, records: list[Record]) -> ChatLogprobs:
         """OpenAI's chat logprobs: each token with its bytes (a token may hold part of a character) and its best
         alternatives."""
         tok = self.gpt.tok

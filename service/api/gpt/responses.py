@@ -10,15 +10,13 @@ import json
 import time
 from typing import Any
 
-from fastapi import HTTPException
 from pydantic_core import to_jsonable_python
 from starlette.requests import Request
 
-from service.api.errors import openai_error
+from service.api.errors import bad_request
 from service.api.gpt.chat import Chat
 from service.api.gpt.choices import Choice, ChoiceRun, Step, TokenLogprob, stream_error
 from service.api.gpt.served import ServedGPT
-from service.api.gpt.textstream import SpeechStream
 from service.schemas.chat import ChatMessage
 from service.schemas.responses import (
     IncompleteDetails,
@@ -58,11 +56,9 @@ class Responses:
         refused = body.unsupported()
         if refused is not None:
             param, why = refused
-            raise HTTPException(400, openai_error(why, param, "unsupported_parameter"))
+            raise bad_request(why, param, "unsupported_parameter")
         prompt_ids = self.gpt.prompt_ids(self.chat.render(messages(body)), param="input")
-        params = self.gpt.params(body, prompt_ids, 0)
-        text = SpeechStream(self.gpt.tok, body.stops, params.min_tokens)
-        return Choice(0, prompt_ids, params, text, logprobs=None if params.logprobs is None else [])
+        return self.chat.reply(body, prompt_ids, 0, logprobs=body.asked_logprobs() is not None)
 
     async def create(self, body: ResponsesRequest, request: Request) -> Any:
         self.gpt.check_model(body.model)
@@ -89,7 +85,7 @@ class Responses:
 
     def _logprobs(self, records: list[TokenLogprob] | None) -> list[Any]:
         """Tokens with their logprobs as output_text carries them: chat's `logprobs.content`."""
-        return [] if not records else list(self.chat._logprobs(records).content)
+        return [] if not records else list(self.chat.logprobs(records).content)
 
     def _finished(self, draft: Response, run: ChoiceRun, item: OutputMessage) -> Response:
         """The response once its one choice has ended: completed, or incomplete when it stopped at the token bound."""
