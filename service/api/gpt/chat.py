@@ -22,6 +22,7 @@ from service.api.gpt.choices import Choice, ChoiceRun, Step
 from service.api.gpt.choices import TokenLogprob as Record
 from service.api.gpt.served import ServedGPT
 from service.api.gpt.textstream import SpeechStream, TextStream
+from service.api.sse import sse_json
 from service.schemas.chat import (
     AssistantMessage,
     ChatChoice,
@@ -119,7 +120,7 @@ class Chat:
 
         def event(*choices: ChunkChoice, usage: Usage | None = None) -> str:
             chunk = frame.model_copy(update={"choices": list(choices), "usage": usage})
-            return f"data: {chunk.model_dump_json()}\n\n"
+            return sse_json(chunk.model_dump_json())
 
         def steps(step: Step) -> Iterable[str]:
             index = step.choice.index

@@ -19,6 +19,7 @@ from service.api.errors import bad_request, out_of_vocabulary
 from service.api.gpt.choices import Choice, Step, TokenLogprob
 from service.api.gpt.served import ServedGPT
 from service.api.gpt.textstream import TextStream
+from service.api.sse import sse_json
 from service.schemas.completions import (
     Completion,
     CompletionChoice,
@@ -107,7 +108,7 @@ class Completions:
 
             def usage() -> str:
                 done = Completion(id=cid, created=chunk.created, model=model, choices=[], usage=run.usage())
-                return f"data: {done.model_dump_json()}\n\n"
+                return sse_json(done.model_dump_json())
 
             # An echo comes first, at once; with logprobs it waits for its scores, in the first step's chunk.
             opening = [] if body.logprobs is not None else [chunk(index, echo, None) for index, echo in echoes.items()]
