@@ -10,6 +10,7 @@ model folder may set it.
 
 from __future__ import annotations
 
+import functools
 import json
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -41,8 +42,14 @@ class Lenient(BaseModel):
         # Clients send unset options as null (OpenAI's spec allows it): a field with a default then takes it.
         if not isinstance(data, dict):
             return data
-        defaulted = {name for name, f in cls.model_fields.items() if not f.is_required() and f.default is not None}
+        defaulted = cls._defaulted_fields()
         return {key: value for key, value in data.items() if value is not None or key not in defaulted}
+
+    @classmethod
+    @functools.cache
+    def _defaulted_fields(cls) -> frozenset[str]:
+        """The fields with a default other than None: read once per model class, not on every request."""
+        return frozenset(name for name, f in cls.model_fields.items() if not f.is_required() and f.default is not None)
 
 
 class StreamOptions(Lenient):
