@@ -2,7 +2,7 @@
 
 1) the intake thread puts each `Job` off the channel into the dynamic batcher (a 503 at once past its queue bound);
 2) the batch thread takes the next batch, jobs of every API server together, runs it through the worker's hooks
-   (decode each, batch, predict, unbatch, encode each) as one tensor operation, and sends one message per API server.
+   (decode each, predict the list, encode each) as one tensor operation, and sends one message per API server.
 """
 
 from __future__ import annotations

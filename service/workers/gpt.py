@@ -166,6 +166,7 @@ class GPTWorker(ModelWorker):
         self.settings = settings
         self.address = channel
         self.engine: Engine
+        self.engine_loop: EngineLoop  # made in setup, in the worker process
 
     def setup(self, device: str) -> None:
         torch.set_num_threads(self.settings.torch_threads)
@@ -176,8 +177,8 @@ class GPTWorker(ModelWorker):
             max_prefill_tokens=self.settings.gpt_max_prefill_tokens,
         )
         # LitServe sets the worker's index (per API path) before setup; bound before the worker reports ready.
-        self.loop_ = EngineLoop(self.engine, WorkerEnd(self.address, worker_index()))
+        self.engine_loop = EngineLoop(self.engine, WorkerEnd(self.address, worker_index()))
         logger.info("GPT engine ready on %s (%s)", device, next(model.parameters()).dtype)
 
     def threads(self) -> list[threading.Thread]:
-        return self.loop_.threads()
+        return self.engine_loop.threads()
