@@ -33,7 +33,7 @@ def tool(name: str) -> str:
     local = Path(sys.executable).parent / name
     found = str(local) if local.exists() else shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (`make test` installs the dev extra; promtool: apt install prometheus)")
+        pytest.skip(f"{name} is not installed (`make test` installs the dev extra; apt: prometheus, haproxy)")
     return found
 
 
@@ -73,6 +73,17 @@ def test_dockerfile_runs_a_healthchecked_non_root_server() -> None:
     assert "--no-index" in text
     # The last stage is the default target: it must be the server, not the load generator.
     assert text.rstrip().splitlines()[-1] == "FROM runtime"
+
+
+def test_haproxy_config_is_valid() -> None:
+    """The shipped file as HAProxy reads it, replica addresses from the environment: valid, and not one warning."""
+    env = {"PATH": "/usr/bin:/bin", "REPLICA_1": "127.0.0.1:18001", "REPLICA_2": "127.0.0.1:18002"}
+    text = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    for cfg, valid in ((text, True), (text.replace("conn-failure", "conn-failed"), False)):  # and a typo is caught
+        check = [tool("haproxy"), "-c", "-f", "/dev/stdin"]
+        result = subprocess.run(check, input=cfg, env=env, capture_output=True, text=True, timeout=30)
+        output = result.stdout + result.stderr
+        assert (result.returncode == 0 and "WARNING" not in output) is valid, output
 
 
 def test_shell_scripts_pass_shellcheck() -> None:
