@@ -60,7 +60,7 @@ def dashboard_exprs() -> list[str]:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    result = run(tool("hadolint"), "Dockerfile")
+    result = run(tool("hadolint"), "Dockerfile", "deploy/haproxy/Dockerfile")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -130,6 +130,24 @@ def test_compose_loadtest_profile_runs_the_load_generator() -> None:
     assert loadtest["build"]["target"] == "loadtest"
     assert "--url=http://tinyserve:8000" in loadtest["command"]
     assert loadtest["depends_on"]["tinyserve"]["condition"] == "service_healthy"
+
+
+def test_compose_replicas_profile_puts_haproxy_in_front_of_the_replicas() -> None:
+    services = compose_config("compose.yaml", profile="replicas")["services"]
+    haproxy = services["haproxy"]
+    (mount,) = haproxy["volumes"]
+    assert Path(mount["source"]) == REPO / "deploy" / "haproxy" / "haproxy.cfg" and mount["read_only"]
+    assert f'"-f", "{mount["target"]}"]' in (REPO / "deploy" / "haproxy" / "Dockerfile").read_text()
+    # The file's default addresses are the replica services, on the port the server listens on.
+    cfg = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    backends = dict(re.findall(r'^\s*server \S+ "\$\{REPLICA_\d-([\w-]+):(\d+)\}"', cfg, re.M))
+    assert len(backends) >= 2 and set(backends.values()) == {"8000"}
+    for name in backends:
+        replica = services[name]
+        assert replica["image"] == services["tinyserve"]["image"] and "ports" not in replica, name
+        assert replica["healthcheck"] == services["tinyserve"]["healthcheck"] and replica["read_only"], name
+        assert haproxy["depends_on"][name]["condition"] == "service_healthy"
+    assert "haproxy" not in compose_config("compose.yaml")["services"]  # only with the profile
 
 
 def test_compose_gpu_override_reserves_a_gpu() -> None:
