@@ -223,6 +223,27 @@ def test_k8s_autoscaler_uses_an_exported_metric() -> None:
     assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["metrics"])
 
 
+def test_k8s_service_keeps_a_client_on_its_pod() -> None:
+    service = {d["kind"]: d for d in k8s_documents()}["Service"]["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    assert service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] > 0
+
+
+def test_k8s_inference_pool_selects_the_pods_and_reads_exported_metrics() -> None:
+    """The InferencePool chart's values: the Deployment's pods, on their port, and metric names the server exports."""
+    values = yaml.safe_load((K8S_DIR / "inferencepool-values.yaml").read_text())
+    pod = {d["kind"]: d for d in k8s_documents()}["Deployment"]["spec"]["template"]
+    labels = values["inferencePool"]["modelServers"]["matchLabels"]
+    assert labels.items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    assert values["inferencePool"]["targetPorts"] == [{"number": p["containerPort"]} for p in container["ports"]]
+    flags = values["inferenceExtension"]["flags"]
+    named = {value for flag, value in flags.items() if flag.endswith("-metric") and value}
+    assert {"tinyserve_gpt_requests_waiting", "tinyserve_gpt_requests_running"} <= named <= exported_series()
+    # Not applied by `kubectl apply -k`: it needs the Inference Extension's CRDs.
+    assert "inferencepool-values.yaml" not in yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["resources"]
+
+
 # ---- Prometheus and Grafana ----
 
 
