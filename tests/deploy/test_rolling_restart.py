@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +66,9 @@ def replicas(workdir: Path) -> Iterator[list[ServerProcess]]:
     started = [launch_server(workdir / f"{name}-0", api_servers=API_SERVERS) for name in REPLICAS]
     running = [wait_healthy(server) for server in started]
     yield running
-    for server in running:
-        if server.process.poll() is None:
-            server.stop()
+    with ThreadPoolExecutor() as pool:  # both drains at once
+        survivors = list(pool.map(ServerProcess.stop, [s for s in running if s.process.poll() is None]))
+    assert not any(survivors), f"processes survived SIGTERM: {survivors}"
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,7 @@ def test_a_rolling_restart_loses_no_request(
 ) -> None:
     done: list[Stream] = []
     failures: list[str] = []
+    streaming: dict[int, str] = {}  # client -> the replica its stream is on now
     stop = threading.Event()
 
     def client(index: int) -> None:
@@ -141,11 +143,13 @@ def test_a_rolling_restart_loses_no_request(
                 started = time.monotonic()
                 try:
                     with http.stream("POST", "/v1/completions", json=body, headers=headers) as response:
+                        replica = streaming[index] = response.headers.get("x-tinyserve-replica", "?")
                         events = list(sse_events(response.iter_lines()))
-                        replica = response.headers.get("x-tinyserve-replica", "?")
                 except httpx.HTTPError as error:
                     failures.append(f"{type(error).__name__}: {error}")
                     continue
+                finally:
+                    streaming.pop(index, None)
                 # Complete: a 200, every token, the usage chunk, then [DONE].
                 usage = f'"completion_tokens":{MAX_TOKENS},'
                 if response.status_code != 200 or len(events) < 2 or events[-1] != "[DONE]" or usage not in events[-2]:
@@ -155,6 +159,9 @@ def test_a_rolling_restart_loses_no_request(
 
     def streamed(name: str, after: float = 0.0) -> Callable[[], bool]:
         return lambda: any(s.replica == name and s.started > after for s in done)
+
+    def streaming_on(name: str) -> Callable[[], bool]:
+        return lambda: name in streaming.values()
 
     def up(name: str) -> Callable[[], bool]:
         return lambda: balancer.states()[name] == "UP"
@@ -167,7 +174,8 @@ def test_a_rolling_restart_loses_no_request(
     timings: list[str] = []
     try:
         for i, name in enumerate(REPLICAS):
-            wait_for(streamed(name), f"streaming through {name}")
+            # SIGTERM while a stream is on the replica: the drain must let it finish.
+            wait_for(streaming_on(name), f"a stream on {name}")
             stopped_at[name] = time.monotonic()
             assert not replicas[i].stop(), "processes survived SIGTERM"
             stop_s = time.monotonic() - stopped_at[name]
