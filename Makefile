@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve soak bench bench-compare wheels docker-smoke gpu-wheels gpu-check clean distclean
+.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve soak bench bench-compare wheels docker-smoke replicas gpu-wheels gpu-check clean distclean
 
 .venv: $(STAMP)
 
@@ -97,6 +97,11 @@ GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 GPU_CHECK_ARGS ?=
 gpu-check:
 	$(GPU_PYTHON) -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+# Two replicas behind HAProxy (compose's `replicas` profile): the API on 127.0.0.1:8080, HAProxy's stats on :8404/stats.
+# Returns once both replicas are healthy; `docker compose --profile replicas down` stops them.
+replicas: wheels
+	docker compose --profile replicas up -d --build haproxy
 
 # Build the image and check a running container end to end (installs docker.io and starts dockerd if needed).
 docker-smoke: $(STAMP)

@@ -52,10 +52,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch_server(workdir: Path, *, own_group: bool = False, **settings: str) -> ServerProcess:
-    """Start `python -m service` on a free loopback port, without waiting for it; `own_group`: in a process group
-    of its own, so that a test can signal the whole group as a terminal's Ctrl+C does."""
-    port = free_port()
+def launch_server(workdir: Path, *, own_group: bool = False, port: int | None = None, **settings: str) -> ServerProcess:
+    """Start `python -m service` on loopback (`port`, else a free one), without waiting for it; `own_group`: in a
+    process group of its own, so that a test can signal the whole group as a terminal's Ctrl+C does."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSERVE_")}
     env.update({f"TINYSERVE_{name.upper()}": value for name, value in settings.items()})
     env["TINYSERVE_HOST"] = "127.0.0.1"
@@ -77,9 +77,13 @@ def launch_server(workdir: Path, *, own_group: bool = False, **settings: str) ->
     return ServerProcess(url=f"http://127.0.0.1:{port}", process=process, log=log)
 
 
-def start_server(workdir: Path, *, own_group: bool = False, **settings: str) -> ServerProcess:
-    """Start `python -m service` on a free loopback port and wait until /health answers 200."""
-    server = launch_server(workdir, own_group=own_group, **settings)
+def start_server(workdir: Path, *, own_group: bool = False, port: int | None = None, **settings: str) -> ServerProcess:
+    """Start `python -m service` on loopback (`port`, else a free one) and wait until /health answers 200."""
+    return wait_healthy(launch_server(workdir, own_group=own_group, port=port, **settings))
+
+
+def wait_healthy(server: ServerProcess) -> ServerProcess:
+    """Wait until a launched server's /health answers 200; fail the test if it exits or takes too long."""
     process = server.process
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

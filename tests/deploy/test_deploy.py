@@ -33,7 +33,7 @@ def tool(name: str) -> str:
     local = Path(sys.executable).parent / name
     found = str(local) if local.exists() else shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (`make test` installs the dev extra; promtool: apt install prometheus)")
+        pytest.skip(f"{name} is not installed (`make test` installs the dev extra; apt: prometheus, haproxy)")
     return found
 
 
@@ -60,7 +60,7 @@ def dashboard_exprs() -> list[str]:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    result = run(tool("hadolint"), "Dockerfile")
+    result = run(tool("hadolint"), "Dockerfile", "deploy/haproxy/Dockerfile")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -73,6 +73,17 @@ def test_dockerfile_runs_a_healthchecked_non_root_server() -> None:
     assert "--no-index" in text
     # The last stage is the default target: it must be the server, not the load generator.
     assert text.rstrip().splitlines()[-1] == "FROM runtime"
+
+
+def test_haproxy_config_is_valid() -> None:
+    """The shipped file as HAProxy reads it, replica addresses from the environment: valid, and not one warning."""
+    env = {"PATH": "/usr/bin:/bin", "REPLICA_1": "127.0.0.1:18001", "REPLICA_2": "127.0.0.1:18002"}
+    text = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    for cfg, valid in ((text, True), (text.replace("conn-failure", "conn-failed"), False)):  # and a typo is caught
+        check = [tool("haproxy"), "-c", "-f", "/dev/stdin"]
+        result = subprocess.run(check, input=cfg, env=env, capture_output=True, text=True, timeout=30)
+        output = result.stdout + result.stderr
+        assert (result.returncode == 0 and "WARNING" not in output) is valid, output
 
 
 def test_shell_scripts_pass_shellcheck() -> None:
@@ -119,6 +130,24 @@ def test_compose_loadtest_profile_runs_the_load_generator() -> None:
     assert loadtest["build"]["target"] == "loadtest"
     assert "--url=http://tinyserve:8000" in loadtest["command"]
     assert loadtest["depends_on"]["tinyserve"]["condition"] == "service_healthy"
+
+
+def test_compose_replicas_profile_puts_haproxy_in_front_of_the_replicas() -> None:
+    services = compose_config("compose.yaml", profile="replicas")["services"]
+    haproxy = services["haproxy"]
+    (mount,) = haproxy["volumes"]
+    assert Path(mount["source"]) == REPO / "deploy" / "haproxy" / "haproxy.cfg" and mount["read_only"]
+    assert f'"-f", "{mount["target"]}"]' in (REPO / "deploy" / "haproxy" / "Dockerfile").read_text()
+    # The file's default addresses are the replica services, on the port the server listens on.
+    cfg = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    backends = dict(re.findall(r'^\s*server \S+ "\$\{REPLICA_\d-([\w-]+):(\d+)\}"', cfg, re.M))
+    assert len(backends) >= 2 and set(backends.values()) == {"8000"}
+    for name in backends:
+        replica = services[name]
+        assert replica["image"] == services["tinyserve"]["image"] and "ports" not in replica, name
+        assert replica["healthcheck"] == services["tinyserve"]["healthcheck"] and replica["read_only"], name
+        assert haproxy["depends_on"][name]["condition"] == "service_healthy"
+    assert "haproxy" not in compose_config("compose.yaml")["services"]  # only with the profile
 
 
 def test_compose_gpu_override_reserves_a_gpu() -> None:
@@ -192,6 +221,27 @@ def test_k8s_autoscaler_uses_an_exported_metric() -> None:
     pod_metrics = [m["pods"]["metric"]["name"] for m in hpa["metrics"] if m["type"] == "Pods"]
     assert pod_metrics and set(pod_metrics) <= exported_series()
     assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["metrics"])
+
+
+def test_k8s_service_keeps_a_client_on_its_pod() -> None:
+    service = {d["kind"]: d for d in k8s_documents()}["Service"]["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    assert service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] > 0
+
+
+def test_k8s_inference_pool_selects_the_pods_and_reads_exported_metrics() -> None:
+    """The InferencePool chart's values: the Deployment's pods, on their port, and metric names the server exports."""
+    values = yaml.safe_load((K8S_DIR / "inferencepool-values.yaml").read_text())
+    pod = {d["kind"]: d for d in k8s_documents()}["Deployment"]["spec"]["template"]
+    labels = values["inferencePool"]["modelServers"]["matchLabels"]
+    assert labels.items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    assert values["inferencePool"]["targetPorts"] == [{"number": p["containerPort"]} for p in container["ports"]]
+    flags = values["inferenceExtension"]["flags"]
+    named = {value for flag, value in flags.items() if flag.endswith("-metric") and value}
+    assert {"tinyserve_gpt_requests_waiting", "tinyserve_gpt_requests_running"} <= named <= exported_series()
+    # Not applied by `kubectl apply -k`: it needs the Inference Extension's CRDs.
+    assert "inferencepool-values.yaml" not in yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["resources"]
 
 
 # ---- Prometheus and Grafana ----
