@@ -61,7 +61,10 @@ class JsonSchemaFormat(Lenient):
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
-    strict: bool | None = None  # constrained either way: the mask makes every output valid
+    strict: bool | None = Field(
+        default=None,
+        description="Constrained either way; strict, as OpenAI's rule, an object takes no property it does not name.",
+    )
 
 
 class ResponseFormat(Lenient):
@@ -73,8 +76,23 @@ class ResponseFormat(Lenient):
         if self.type == "json_object":
             return GrammarAsk("json", {"type": "object"}, param)
         if self.type == "json_schema" and self.json_schema is not None:
-            return GrammarAsk("json", self.json_schema.json_schema, f"{param}.json_schema.schema")
+            schema = self.json_schema.json_schema
+            return GrammarAsk(
+                "json", closed(schema) if self.json_schema.strict else schema, f"{param}.json_schema.schema"
+            )
         return None
+
+
+def closed(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on every object that does not say (strict mode's rule)."""
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: closed(value) for key, value in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 class FunctionDefinition(Lenient):
