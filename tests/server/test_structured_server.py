@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import jsonschema
@@ -48,37 +48,24 @@ def client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
 
 
+def ask(seed: int) -> dict[str, Any]:
+    """The arguments every request here shares."""
+    return {"model": Settings().gpt_model_id, "messages": MESSAGES, "max_tokens": 64, "seed": seed}
+
+
 def test_json_schema_replies_validate_over_seeds(client):
     fmt = {"type": "json_schema", "json_schema": {"name": "speaker", "schema": SCHEMA, "strict": True}}
     for seed in range(4):
-        done = client.chat.completions.create(
-            model=Settings().gpt_model_id,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            max_tokens=64,
-            seed=seed,
-            response_format=fmt,  # type: ignore[arg-type]
-        )
+        done = client.chat.completions.create(**ask(seed), response_format=fmt)
         assert done.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(done.choices[0].message.content or ""), SCHEMA)
 
 
 def test_parse_with_a_pydantic_model_and_streamed_deltas_make_valid_json(client):
-    parsed = client.chat.completions.parse(
-        model=Settings().gpt_model_id,
-        messages=MESSAGES,  # type: ignore[arg-type]
-        max_tokens=64,
-        seed=7,
-        response_format=Speaker,
-    )
+    parsed = client.chat.completions.parse(**ask(7), response_format=Speaker)
     assert isinstance(parsed.choices[0].message.parsed, Speaker)
-    stream = client.chat.completions.create(
-        model=Settings().gpt_model_id,
-        messages=MESSAGES,  # type: ignore[arg-type]
-        max_tokens=64,
-        seed=7,
-        stream=True,
-        response_format={"type": "json_schema", "json_schema": {"name": "speaker", "schema": SCHEMA}},
-    )
+    fmt = {"type": "json_schema", "json_schema": {"name": "speaker", "schema": SCHEMA}}
+    stream = client.chat.completions.create(**ask(7), stream=True, response_format=fmt)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert Speaker.model_validate_json(text) == parsed.choices[0].message.parsed  # the same seed, the same reply
 
