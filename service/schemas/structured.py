@@ -71,16 +71,18 @@ class ResponseFormat(Lenient):
     type: str = "text"
     json_schema: JsonSchemaFormat | None = None
 
-    def ask(self, param: str = "response_format") -> GrammarAsk | None:
+    def ask(self) -> GrammarAsk | None:
         """The grammar this format asks for (None for text); a `type` not known is left to `unsupported`."""
         if self.type == "json_object":
-            return GrammarAsk("json", {"type": "object"}, param)
+            return GrammarAsk("json", {"type": "object"}, "response_format")
         if self.type == "json_schema" and self.json_schema is not None:
-            schema = self.json_schema.json_schema
-            return GrammarAsk(
-                "json", closed(schema) if self.json_schema.strict else schema, f"{param}.json_schema.schema"
-            )
+            return json_ask(self.json_schema.json_schema, self.json_schema.strict, "response_format.json_schema.schema")
         return None
+
+
+def json_ask(schema: dict[str, Any], strict: bool | None, param: str) -> GrammarAsk:
+    """A JSON schema's grammar; strict, every object closed, as OpenAI's strict mode requires them."""
+    return GrammarAsk("json", closed(schema) if strict else schema, param)
 
 
 def closed(schema: Any) -> Any:
