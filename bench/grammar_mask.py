@@ -1,6 +1,8 @@
-"""What a grammar's token mask costs per decode step on this machine, for each grammar library installed
-(llguidance, xgrammar, outlines-core): compile time, then the mask of every row at batch 1 and 32, each row walking
-its own valid JSON. `python -m bench.grammar_mask`; a report, never a test. Figures: docs/structured.md.
+"""What a grammar's token mask costs per decode step on this machine: first for each grammar library installed
+(llguidance, xgrammar, outlines-core), compile time and the mask of every row at batch 1 and 32, each row walking its
+own valid JSON; then, with the one the server uses (model/grammar.py), the engine's decode step with every row
+constrained against none, interleaved. `python -m bench.grammar_mask`; a report, never a test. Figures:
+docs/structured.md.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-from transformers import PreTrainedTokenizerFast
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from bench.engine import load_model
+from model.engine import Engine, SamplingParams
 from model.gpt import GPT_DIR, eot_id, load_tokenizer, token_bytes
+from model.grammar import Grammars, build_grammar
 
 SCHEMA = {
     "type": "object",
@@ -30,6 +35,10 @@ SCHEMA = {
     "required": ["speaker", "mood", "lines", "words"],
     "additionalProperties": False,
 }
+
+
+# The engine's measure: an array of strings, so that no row finishes before the steps run out.
+STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 64}
 
 
 class Row(Protocol):
@@ -186,10 +195,43 @@ def measure(lib: Library, compiled: Any, batch: int, steps: int, vocab: int, see
     return statistics.median(one_by_one), statistics.median(batched)
 
 
+def engine_step(model: GPT2LMHeadModel, grammars: Grammars, grammar: str | None, batch: int, steps: int) -> float:
+    """Median seconds of a sampled decode step while all `batch` rows run, each under `grammar` (or none)."""
+    engine = Engine(model, max_batch_size=batch)
+    for i in range(batch):
+        params = SamplingParams(max_tokens=steps, temperature=1.0, seed=i)
+        engine.add_request(str(i), [1 + i, 2, 3, 4], params, None if grammar is None else grammars.row(grammar))
+    engine.prefill()
+    times = []
+    while engine.num_active == batch:
+        t0 = time.perf_counter()
+        engine.decode()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def engine_cost(tok: PreTrainedTokenizerFast, batches: list[int], steps: int, repeats: int) -> None:
+    model, label = load_model(GPT_DIR)
+    grammars = Grammars(tok, len(tok))
+    grammar = build_grammar("json", STRINGS)
+    print(f"\nDecode step, every row under a JSON schema vs none ({label}); medians of {repeats} interleaved repeats")
+    print("| batch | none ms | constrained ms | added ms a step | ratio |\n|---:|---:|---:|---:|---:|")
+    for batch in batches:
+        plain: list[float] = []
+        masked: list[float] = []
+        for rep in range(repeats):
+            for which in (None, grammar) if rep % 2 == 0 else (grammar, None):
+                (plain if which is None else masked).append(engine_step(model, grammars, which, batch, steps))
+        p, m = statistics.median(plain), statistics.median(masked)
+        ratios = statistics.median(b / a for a, b in zip(plain, masked, strict=True))
+        print(f"| {batch} | {p * 1e3:.2f} | {m * 1e3:.2f} | {(m - p) * 1e3:.2f} | {ratios:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(2)
     tok = load_tokenizer(GPT_DIR)
@@ -217,6 +259,7 @@ def main() -> None:
             seq, par = measure(lib, compiled, b, args.steps, vocab, seed=b)
             line += f"  | batch {b}: {seq * 1e3:6.3f} ms one by one, {par * 1e3:6.3f} ms batched"
         print(line, flush=True)
+    engine_cost(tok, [int(x) for x in args.batches.split(",")], min(args.steps, 120), args.repeats)
 
 
 if __name__ == "__main__":

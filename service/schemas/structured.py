@@ -4,7 +4,7 @@ and tools (chat). Each names the grammar it asks for (`GrammarAsk`); service/api
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, cast
+from typing import Annotated, Any, Literal, NamedTuple, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -130,3 +130,32 @@ class ToolCall(Lenient):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
+
+
+MAX_MASK_STEPS = 256
+MAX_CANDIDATES = 20
+Byte = Annotated[int, Field(ge=0, le=255)]
+
+
+class MaskStep(BaseModel):
+    """One decoding step as chat logprobs report it: the chosen token's bytes and its alternatives' bytes."""
+
+    chosen: list[Byte] = Field(min_length=1, max_length=64)
+    candidates: list[list[Byte]] = Field(default_factory=list, max_length=MAX_CANDIDATES)
+
+
+class MaskRequest(BaseModel):
+    """Extension (the playground's Constrained view): which tokens the grammar allowed at each step of a reply."""
+
+    structured_outputs: StructuredOutputs
+    steps: list[MaskStep] = Field(min_length=1, max_length=MAX_MASK_STEPS)
+
+
+class MaskedStep(BaseModel):
+    allowed: list[bool] = Field(description="For each candidate: whether the grammar allowed it at this step.")
+    chosen_allowed: bool
+
+
+class MaskResponse(BaseModel):
+    object: Literal["structured.mask"] = "structured.mask"
+    steps: list[MaskedStep]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from model.gpt import GPT_DIR, decode
+from model.gpt import GPT_DIR, decode, encode, token_bytes
 from tests.fake_gpt import FakeGPT, fake_gpt, says
 
 USER = [{"role": "user", "content": "Who art thou?"}]
@@ -226,5 +226,28 @@ def test_tool_calls_and_tool_answers_are_stage_directions_in_the_prompt():
             tokenize=False,
         )
         assert hf == prompt
+
+    asyncio.run(main())
+
+
+def test_the_mask_endpoint_replays_a_reply_through_its_grammar():
+    async def main() -> None:
+        gpt = fake_gpt(says(""))
+        tok = gpt.routes.served.tok
+
+        def as_bytes(text: str) -> list[int]:
+            (token,) = encode(tok, text)
+            return list(token_bytes(tok, token))
+
+        outputs = {"choice": ["Ay", "No"]}
+        steps = [{"chosen": as_bytes("Ay"), "candidates": [as_bytes("No"), as_bytes("I"), as_bytes("A")]}]
+        r = await post(gpt, "/v1/structured/mask", {"structured_outputs": outputs, "steps": steps})
+        assert r.json()["steps"] == [{"allowed": [True, False, True], "chosen_allowed": True}]
+        bad = [{"chosen": as_bytes("I"), "candidates": []}]
+        r = await post(gpt, "/v1/structured/mask", {"structured_outputs": outputs, "steps": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "steps.0.chosen"
+        unknown = [{"chosen": [255, 255, 255], "candidates": []}]
+        r = await post(gpt, "/v1/structured/mask", {"structured_outputs": outputs, "steps": unknown})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "steps.0.chosen"
 
     asyncio.run(main())

@@ -6,15 +6,27 @@ The worker compiles the same grammar text again, for its tokenizer, off the deco
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from model.grammar import GrammarError, build_grammar
+from model.gpt import token_bytes
+from model.grammar import GrammarError, Grammars, build_grammar
 from service.api.errors import bad_request
-from service.schemas.structured import FunctionCall, GrammarAsk, Tool, ToolCall
+from service.api.gpt.served import ServedGPT
+from service.schemas.structured import (
+    FunctionCall,
+    GrammarAsk,
+    MaskedStep,
+    MaskRequest,
+    MaskResponse,
+    Tool,
+    ToolCall,
+)
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # The start of a call among several, as the grammar writes it (model/grammar.py's separators).
@@ -73,3 +85,45 @@ class ForcedCall:
             name = found["name"] if found else ""
             arguments = (found["arguments"] or "") if found else ""
         return ToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+
+
+class MaskRoutes:
+    """`POST /v1/structured/mask`: replays a reply's tokens through its grammar and says which of each step's
+    alternatives the grammar allowed (the playground's Constrained view). Runs here, in the API server: it needs
+    the tokenizer and the grammar, not the model."""
+
+    def __init__(self, gpt: ServedGPT) -> None:
+        self.gpt = gpt
+
+    @functools.cached_property
+    def _grammars(self) -> Grammars:
+        return Grammars(self.gpt.tok, self.gpt.vocab_size)  # the token table takes half a second: on first use
+
+    @functools.cached_property
+    def _ids(self) -> dict[bytes, int]:
+        """Each token's id by its bytes (byte-level BPE: no two tokens share them), as chat logprobs report them."""
+        return {token_bytes(self.gpt.tok, i): i for i in range(self.gpt.vocab_size)}
+
+    async def mask(self, body: MaskRequest) -> MaskResponse:
+        grammar = grammar_of(body.structured_outputs.ask())
+        return await asyncio.to_thread(self._replay, grammar, body)
+
+    def _replay(self, grammar: str | None, body: MaskRequest) -> MaskResponse:
+        assert grammar is not None  # structured_outputs always asks for one
+        row = self._grammars.row(grammar)
+        steps = []
+        for i, step in enumerate(body.steps):
+            ids = [self._id(step.chosen, f"steps.{i}.chosen")]
+            ids += [self._id(c, f"steps.{i}.candidates.{j}") for j, c in enumerate(step.candidates)]
+            allowed = row.allows(ids)
+            if not allowed[0]:
+                raise bad_request("the grammar forbids this token: the steps do not follow it", f"steps.{i}.chosen")
+            steps.append(MaskedStep(allowed=allowed[1:], chosen_allowed=True))
+            row.accept(ids[0])
+        return MaskResponse(steps=steps)
+
+    def _id(self, data: list[int], param: str) -> int:
+        found = self._ids.get(bytes(data))
+        if found is None:
+            raise bad_request("no token has these bytes", param)
+        return found
