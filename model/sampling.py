@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:  # model/logits.py imports SamplingParams from here
@@ -112,7 +113,6 @@ class SamplingPlan:
             self._vocab = vocab
             self._constrained_rows = self._tensor([i for i, _ in self.constrained])
             self._bitmask = torch.zeros(len(self.constrained), (vocab + 31) // 32, dtype=torch.int32)
-            self._bits = torch.arange(32, dtype=torch.int32)
         self.groups: list[_Group] = []
         sampled = [(i, p) for i, (p, _) in enumerate(rows) if not p.greedy]
         # Top-k/top-p rows sample inside a top-k slice: masking the whole vocabulary doubled a batch-64 step.
@@ -175,11 +175,12 @@ class SamplingPlan:
         """`logits` with -inf at every token a constrained row's grammar forbids now."""
         for j, (_, constraint) in enumerate(self.constrained):
             constraint.fill_bitmask(self._bitmask[j])
-        n = len(self.constrained)
-        allowed = (self._bitmask.unsqueeze(-1) >> self._bits).bitwise_and_(1).view(n, -1)[:, : self._vocab]
-        allowed = allowed.to(self._device, non_blocking=True).bool()
+        # Unpacked by numpy, on this thread: torch's ops here measured twice as slow beside the grammar's calls.
+        words = self._bitmask.numpy().view(np.uint8)  # little-endian int32: bit t % 8 of byte t // 8
+        allowed = np.unpackbits(words, axis=1, bitorder="little")[:, : self._vocab]
+        forbidden = torch.from_numpy(allowed == 0).to(self._device, non_blocking=True)
         rows = self._constrained_rows
-        return logits.index_copy(0, rows, logits.index_select(0, rows).masked_fill(~allowed, -math.inf))
+        return logits.index_copy(0, rows, logits.index_select(0, rows).masked_fill(forbidden, -math.inf))
 
     def _probs(self, g: _Group, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The unnormalised distribution group `g` draws from: [n, k] over `slice_ids` [n, k], or [n, vocab]."""
