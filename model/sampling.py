@@ -179,6 +179,8 @@ class SamplingPlan:
         words = self._bitmask.numpy().view(np.uint8)  # little-endian int32: bit t % 8 of byte t // 8
         allowed = np.unpackbits(words, axis=1, bitorder="little")[:, : self._vocab]
         forbidden = torch.from_numpy(allowed == 0).to(self._device, non_blocking=True)
+        if len(self.constrained) == len(logits):  # every row constrained: no gather and scatter
+            return logits.masked_fill(forbidden, -math.inf)
         rows = self._constrained_rows
         return logits.index_copy(0, rows, logits.index_select(0, rows).masked_fill(forbidden, -math.inf))
 
