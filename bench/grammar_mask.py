@@ -41,6 +41,9 @@ SCHEMA = {
 STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 64}
 
 
+Clock = Callable[[], float]
+
+
 class Row(Protocol):
     def fill(self, bitmask: torch.Tensor, index: int) -> None: ...
     def accept(self, token: int) -> None: ...
@@ -173,20 +176,22 @@ def allowed(bitmask: torch.Tensor, index: int, vocab: int) -> list[int]:
     return [int(t) for t in np.flatnonzero(np.unpackbits(bits, bitorder="little")[:vocab])]
 
 
-def measure(lib: Library, compiled: Any, batch: int, steps: int, vocab: int, seed: int) -> tuple[float, float]:
+def measure(
+    lib: Library, compiled: Any, batch: int, steps: int, vocab: int, seed: int, clock: Clock
+) -> tuple[float, float]:
     """Median seconds per step to fill every row's mask one by one, and with the library's batch call."""
     rng = random.Random(seed)
     bitmask = torch.full((batch, (vocab + 31) // 32), -1, dtype=torch.int32)
     rows = [lib.row(compiled) for _ in range(batch)]
     one_by_one, batched = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         for i, r in enumerate(rows):
             r.fill(bitmask, i)
-        one_by_one.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        one_by_one.append(clock() - t0)
+        t0 = clock()
         lib.fill_batch(rows, bitmask)
-        batched.append(time.perf_counter() - t0)
+        batched.append(clock() - t0)
         for i, r in enumerate(rows):
             if r.done():
                 rows[i] = r = lib.row(compiled)
@@ -195,7 +200,9 @@ def measure(lib: Library, compiled: Any, batch: int, steps: int, vocab: int, see
     return statistics.median(one_by_one), statistics.median(batched)
 
 
-def engine_step(model: GPT2LMHeadModel, grammars: Grammars, grammar: str | None, batch: int, steps: int) -> float:
+def engine_step(
+    model: GPT2LMHeadModel, grammars: Grammars, grammar: str | None, batch: int, steps: int, clock: Clock
+) -> float:
     """Median seconds of a sampled decode step while all `batch` rows run, each under `grammar` (or none)."""
     engine = Engine(model, max_batch_size=batch)
     for i in range(batch):
@@ -204,13 +211,13 @@ def engine_step(model: GPT2LMHeadModel, grammars: Grammars, grammar: str | None,
     engine.prefill()
     times = []
     while engine.num_active == batch:
-        t0 = time.perf_counter()
+        t0 = clock()
         engine.decode()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
-def engine_cost(tok: PreTrainedTokenizerFast, batches: list[int], steps: int, repeats: int) -> None:
+def engine_cost(tok: PreTrainedTokenizerFast, batches: list[int], steps: int, repeats: int, clock: Clock) -> None:
     model, label = load_model(GPT_DIR)
     grammars = Grammars(tok, len(tok))
     grammar = build_grammar("json", STRINGS)
@@ -221,7 +228,7 @@ def engine_cost(tok: PreTrainedTokenizerFast, batches: list[int], steps: int, re
         masked: list[float] = []
         for rep in range(repeats):
             for which in (None, grammar) if rep % 2 == 0 else (grammar, None):
-                (plain if which is None else masked).append(engine_step(model, grammars, which, batch, steps))
+                (plain if which is None else masked).append(engine_step(model, grammars, which, batch, steps, clock))
         p, m = statistics.median(plain), statistics.median(masked)
         ratios = statistics.median(b / a for a, b in zip(plain, masked, strict=True))
         print(f"| {batch} | {p * 1e3:.2f} | {m * 1e3:.2f} | {(m - p) * 1e3:.2f} | {ratios:.2f}x |")
@@ -232,8 +239,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "thread"],
+        default="wall",
+        help="thread: this thread's CPU time, torch on one thread: steadier on a machine others load",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1 if args.clock == "thread" else 2)
+    clock: Clock = time.thread_time if args.clock == "thread" else time.perf_counter
     tok = load_tokenizer(GPT_DIR)
     vocab = len(tok)
     schema = json.dumps(SCHEMA)
@@ -256,10 +270,10 @@ def main() -> None:
             f"{name:14} tokenizer {setup * 1e3:6.1f} ms, compile {compile_s * 1e3:6.2f} ms, row {row_s * 1e3:6.3f} ms"
         )
         for b in (int(x) for x in args.batches.split(",")):
-            seq, par = measure(lib, compiled, b, args.steps, vocab, seed=b)
+            seq, par = measure(lib, compiled, b, args.steps, vocab, b, clock)
             line += f"  | batch {b}: {seq * 1e3:6.3f} ms one by one, {par * 1e3:6.3f} ms batched"
         print(line, flush=True)
-    engine_cost(tok, [int(x) for x in args.batches.split(",")], min(args.steps, 120), args.repeats)
+    engine_cost(tok, [int(x) for x in args.batches.split(",")], min(args.steps, 120), args.repeats, clock)
 
 
 if __name__ == "__main__":
