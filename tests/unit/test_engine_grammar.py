@@ -132,3 +132,21 @@ def test_a_grammar_that_cannot_compile_says_why(kind, spec):
     with pytest.raises(GrammarError) as err:
         build_grammar(kind, spec)
     assert str(err.value)
+
+
+def test_penalties_and_a_bias_toward_a_forbidden_token_keep_the_output_valid(model, tok, grammars):
+    forbidden = encode(tok, " the")[0]  # never part of a number
+    params = SamplingParams(
+        max_tokens=12,
+        temperature=1.0,
+        seed=5,
+        frequency_penalty=2.0,
+        repetition_penalty=1.5,
+        logit_bias=((forbidden, 100.0),),
+        min_p=0.05,
+        top_k=20,
+        stop_token_ids=(0,),
+    )
+    evs = run(Engine(model), [("x", params, build_grammar("regex", "[0-9]{2,4}"))], grammars, encode(tok, "KING."))
+    out = text(tok, evs["x"])
+    assert out.isdigit() and 2 <= len(out) <= 4 and forbidden not in [e.token_id for e in evs["x"]]
