@@ -102,6 +102,29 @@ def test_a_script_the_grammar_forbids_fails():
     asyncio.run(main())
 
 
+def test_a_call_among_several_cut_short_keeps_its_name_and_what_arguments_came():
+    whole = '{"name": "get_time", "arguments": {"zone": "local"}}'
+
+    async def main() -> None:
+        gpt = fake_gpt(says(whole))
+        tok = gpt.routes.served.tok
+        ids = encode(tok, whole)
+        for cut in range(2, len(ids) - 1, 2):
+            body = {"messages": USER, "tools": [WEATHER, TIME], "tool_choice": "required", "max_tokens": cut}
+            r = await post(gpt, "/v1/chat/completions", body)
+            choice = r.json()["choices"][0]
+            (call,) = choice["message"]["tool_calls"]
+            named = decode(tok, ids[:cut]).startswith('{"name": "get_time"')
+            assert choice["finish_reason"] == "length" and call["function"]["name"] == ("get_time" if named else "")
+            assert '{"zone": "local"}'.startswith(call["function"]["arguments"])
+            r = await post(gpt, "/v1/chat/completions", {**body, "stream": True})
+            deltas = [c["choices"][0]["delta"] for c in data(r.text) if c["choices"]]
+            pieces = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+            assert "".join(p["function"]["arguments"] for p in pieces) == call["function"]["arguments"]
+
+    asyncio.run(main())
+
+
 def test_max_tokens_cuts_the_document_with_finish_reason_length():
     async def main() -> None:
         gpt = fake_gpt(says(DOCUMENT))
@@ -195,8 +218,10 @@ def test_required_picks_one_of_several_tools():
         assert call["function"] == {"name": "get_time", "arguments": '{"zone": "utc"}'}
         r = await post(gpt, "/v1/chat/completions", {**body, "stream": True})
         deltas = [c["choices"][0]["delta"] for c in data(r.text) if c["choices"]]
-        calls = [d["tool_calls"] for d in deltas if "tool_calls" in d]
-        assert len(calls) == 1 and calls[0][0]["function"] == call["function"]
+        pieces = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+        assert pieces[0]["id"].startswith("call_") and pieces[0]["function"]["name"] == "get_time"
+        assert len(pieces) > 2 and all("id" not in p and "name" not in p["function"] for p in pieces[1:])
+        assert "".join(p["function"]["arguments"] for p in pieces) == call["function"]["arguments"]
 
     asyncio.run(main())
 

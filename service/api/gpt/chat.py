@@ -124,7 +124,10 @@ class Chat:
                     message=(
                         AssistantMessage(content=c.text.text)
                         if forced is None
-                        else AssistantMessage(content=None, tool_calls=[forced.call(c.text.text, tool_call_id())])
+                        else AssistantMessage(
+                            content=None,
+                            tool_calls=[forced.call(c.text.text, tool_call_id(), c.finish_reason == "stop")],
+                        )
                     ),
                     logprobs=None if c.logprobs is None else self.logprobs(c.logprobs),
                     finish_reason=_called(c.finish_reason) if forced is not None else c.finish_reason,
@@ -142,20 +145,30 @@ class Chat:
             return sse_json(chunk.model_dump_json())
 
         call_ids = {c.index: tool_call_id() for c in run.choices}
+        # Characters of each choice's arguments sent; a named call's head goes out in its opening delta.
+        sent = {c.index: 0 for c in run.choices} if forced is not None and forced.named is not None else {}
 
         def delta(step: Step) -> Delta | None:
-            """The step's text as content, or as a tool call's arguments (of several tools: the whole call, at the
-            end, once the name is known)."""
+            """The step's text as content, or as more of a tool call's arguments (of several tools, the call's id
+            and name first, once its name is whole)."""
             if forced is None:
                 return Delta(content=step.delta) if step.delta or step.logprobs else None
-            if forced.named is not None:
-                pieces = [ToolCallDelta(index=0, function=FunctionDelta(arguments=step.delta))] if step.delta else []
-                return Delta(tool_calls=pieces or None) if pieces or step.logprobs else None
-            if step.finish_reason is None:
+            index = step.choice.index
+            complete = None if step.finish_reason is None else step.finish_reason == "stop"
+            found = forced.split(step.choice.text.text, complete)
+            if found is None:
                 return Delta() if step.logprobs else None
-            call = forced.call(step.choice.text.text, call_ids[step.choice.index])
-            whole = FunctionDelta(name=call.function.name, arguments=call.function.arguments)
-            return Delta(tool_calls=[ToolCallDelta(index=0, id=call.id, type="function", function=whole)])
+            name, arguments = found
+            new = arguments[sent.get(index, 0) :]
+            if index not in sent:
+                head = FunctionDelta(name=name, arguments=new)
+                piece = ToolCallDelta(index=0, id=call_ids[index], type="function", function=head)
+            elif new:
+                piece = ToolCallDelta(index=0, function=FunctionDelta(arguments=new))
+            else:
+                return Delta() if step.logprobs else None
+            sent[index] = len(arguments)
+            return Delta(tool_calls=[piece])
 
         def steps(step: Step) -> Iterable[str]:
             index = step.choice.index

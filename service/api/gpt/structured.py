@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -73,17 +72,22 @@ class ForcedCall:
         ]
         return GrammarAsk("json", {"anyOf": choices}, "tools")
 
-    def call(self, text: str, call_id: str) -> ToolCall:
-        """The tool call the generated `text` makes (arguments as far as they got, if it was cut short)."""
+    def split(self, text: str, complete: bool | None) -> tuple[str, str] | None:
+        """The function's name and arguments in the generated `text`, None while the name is not whole yet.
+
+        `complete`: True when the grammar is, False when the text was cut short, None while it runs; of several
+        tools, the arguments end before the call's own closing brace, so that one is held back while it runs."""
         if self.named is not None:
-            return ToolCall(id=call_id, function=FunctionCall(name=self.named, arguments=text))
-        try:
-            made = json.loads(text)
-            name, arguments = made["name"], json.dumps(made["arguments"])
-        except ValueError:  # cut short by max_tokens: the name and arguments as far as they got
-            found = _CALL.match(text)
-            name = found["name"] if found else ""
-            arguments = (found["arguments"] or "") if found else ""
+            return self.named, text
+        found = _CALL.match(text)
+        if found is None:
+            return None
+        arguments = found["arguments"] or ""
+        return found["name"], arguments if complete is False else arguments[:-1]
+
+    def call(self, text: str, call_id: str, complete: bool) -> ToolCall:
+        """The tool call the generated `text` makes (arguments as far as they got, if it was cut short)."""
+        name, arguments = self.split(text, complete) or ("", "")
         return ToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
 
 
