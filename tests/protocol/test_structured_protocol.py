@@ -22,14 +22,14 @@ PERSON = {
     "additionalProperties": False,
 }
 DOCUMENT = '{"name": "Iago", "age": 28}'
-WEATHER = {
+WEATHER: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-TIME = {
+TIME: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_time",
@@ -274,5 +274,17 @@ def test_the_mask_endpoint_replays_a_reply_through_its_grammar():
         unknown = [{"chosen": [255, 255, 255], "candidates": []}]
         r = await post(gpt, "/v1/structured/mask", {"structured_outputs": outputs, "steps": unknown})
         assert r.status_code == 400 and r.json()["error"]["param"] == "steps.0.chosen"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("strict", "status"), [(False, 200), (True, 500)])
+def test_a_strict_function_takes_no_property_it_does_not_name(strict, status):
+    async def main() -> None:
+        gpt = fake_gpt(says('{"city": "Verona", "weather": "fair"}'))  # the fake fails a script the grammar forbids
+        tool = {**WEATHER, "function": {**WEATHER["function"], "strict": strict}}
+        body = {"messages": USER, "tools": [tool], "tool_choice": "required"}
+        r = await post(gpt, "/v1/chat/completions", body)
+        assert r.status_code == status, r.text
 
     asyncio.run(main())

@@ -103,3 +103,12 @@ def test_langchain_with_structured_output(base_url, method):
     )
     answer = llm.with_structured_output(Speaker, method=method).invoke("Who art thou?")
     assert isinstance(answer, Speaker)
+
+
+def test_parse_with_a_strict_pydantic_tool(client):
+    tool = openai.pydantic_function_tool(Speaker)
+    name = tool["function"]["name"]
+    forced = {"type": "function", "function": {"name": name}}
+    done = client.chat.completions.parse(**ask(5), tools=[tool], tool_choice=forced)
+    (call,) = done.choices[0].message.tool_calls or []
+    assert isinstance(call.function.parsed_arguments, Speaker) and done.choices[0].finish_reason == "tool_calls"

@@ -25,6 +25,7 @@ from service.schemas.structured import (
     MaskResponse,
     Tool,
     ToolCall,
+    closed,
 )
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -60,11 +61,11 @@ class ForcedCall:
 
     def ask(self) -> GrammarAsk:
         if self.named is not None:
-            return GrammarAsk("json", self.tools[0].function.parameters or ANY_OBJECT, "tools.0.function.parameters")
+            return GrammarAsk("json", _parameters(self.tools[0]), "tools.0.function.parameters")
         choices = [
             {
                 "type": "object",
-                "properties": {"name": {"const": t.function.name}, "arguments": t.function.parameters or ANY_OBJECT},
+                "properties": {"name": {"const": t.function.name}, "arguments": _parameters(t)},
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
@@ -89,6 +90,12 @@ class ForcedCall:
         """The tool call the generated `text` makes (arguments as far as they got, if it was cut short)."""
         name, arguments = self.split(text, complete) or ("", "")
         return ToolCall(id=call_id, function=FunctionCall(name=name, arguments=arguments))
+
+
+def _parameters(tool: Tool) -> dict[str, Any]:
+    """A function's arguments schema (any object when it has none); strict, every object closed, as OpenAI's."""
+    schema = tool.function.parameters or ANY_OBJECT
+    return closed(schema) if tool.function.strict else schema
 
 
 class MaskRoutes:
