@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from model.gpt2_forward import Attend, CachedForward, cached_forward
 from model.logits import Controls, TokenCounts
-from model.sampling import SamplingParams, SamplingPlan, params_error
+from model.sampling import Constraint, SamplingParams, SamplingPlan, params_error
 
 __all__ = ["AdmissionError", "Engine", "PromptLogprob", "SamplingParams", "TokenEvent"]
 
@@ -30,7 +30,9 @@ class TokenEvent:
     token_id: int | None  # None only for a finish-only event (cancelled)
     logprob: float | None  # chosen token's log-probability under the raw logits, when logprobs were asked for
     top_logprobs: list[tuple[int, float]] | None  # top-N (token_id, logprob), descending
-    finish_reason: str | None  # None while running; "stop" | "length" | "cancelled" on a request's last event
+    # None while running; "stop" | "length" | "cancelled" on a request's last event ("stop" too when its grammar is
+    # complete)
+    finish_reason: str | None
     # On a request's first event when it asked for prompt_logprobs: one entry per prompt token but the first.
     prompt_logprobs: list[PromptLogprob] | None = None
 
@@ -45,6 +47,7 @@ class _Seq:
     prompt: list[int]
     params: SamplingParams
     generator: torch.Generator | None  # own generator when seeded, so its draws do not depend on the batch
+    constraint: Constraint | None = None  # its grammar, when its output is constrained
     length: int = 0  # tokens whose keys and values are in the cache
     generated: int = 0
     last_token: int = 0
@@ -100,6 +103,10 @@ class Engine:
         return self._ctx
 
     @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    @property
     def num_active(self) -> int:
         return len(self._rows)
 
@@ -114,13 +121,16 @@ class Engine:
         """Whether a request added now would join at the next step rather than wait."""
         return self.num_active + self.num_waiting < self._max_batch
 
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+    def add_request(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, constraint: Constraint | None = None
+    ) -> None:
+        """Queue a request; `constraint`, a grammar compiled by the caller, masks what it forbids at every step."""
         self._validate(prompt_ids, params)
         generator = None
         if params.seed is not None and not params.greedy:
             generator = torch.Generator(device=self._device)
             generator.manual_seed(params.seed)
-        seq = _Seq(request_id, list(prompt_ids), params, generator)
+        seq = _Seq(request_id, list(prompt_ids), params, generator, constraint)
         with self._lock:
             if request_id in self._live:
                 raise AdmissionError(f"request id {request_id!r} is already in use")
@@ -308,7 +318,8 @@ class Engine:
     def _plan(self, seqs: list[_Seq], row0: int) -> SamplingPlan:
         """How to draw the next token of `seqs`, which sit in cache rows `row0..`."""
         controls = Controls.of([(s.params, s.generated) for s in seqs], row0, self._counts, self._device)
-        return SamplingPlan([(s.params, s.generator) for s in seqs], self._vocab, self._device, controls)
+        constraints = [s.constraint for s in seqs]
+        return SamplingPlan([(s.params, s.generator) for s in seqs], self._vocab, self._device, controls, constraints)
 
     def _sample(
         self, logits: torch.Tensor, plan: SamplingPlan
@@ -350,7 +361,9 @@ class Engine:
             s.generated += 1
             s.last_token = token
             finish = None
-            if token in s.params.stop_token_ids:
+            if s.constraint is not None:
+                s.constraint.accept(token)
+            if token in s.params.stop_token_ids or (s.constraint is not None and s.constraint.finished):
                 finish = "stop"
             elif s.generated >= s.params.max_tokens:
                 finish = "length"

@@ -2,12 +2,14 @@
 
 The client (transport/gpt_client.py) runs as in the server: its buffers, fan-out, deadline and worker watch are the
 real ones; only its end of the channel is replaced by `ScriptedWorker`, which answers each `Submit` with the
-tokens of a scripted text, some per step. Needs the model folder's tokenizer and config, never its weights.
+tokens of a scripted text, some per step (under a grammar, a token the grammar forbids is a Failure: the script must
+fit what the request asked for). Needs the model folder's tokenizer and config, never its weights.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ from fastapi import FastAPI
 from transformers import PreTrainedTokenizerFast
 
 from model.gpt import encode
+from model.grammar import Grammars
 from service.api.errors import install_error_handlers
 from service.api.gpt.routes import GPTRoutes
 from service.api.gpt.served import ServedGPT
@@ -81,6 +84,9 @@ class ScriptedWorker:
         finish: FinishReason = "length" if len(ids) == params.max_tokens else "stop"
         if finish == "stop":
             ids.append(self.eot_id)
+        if message.grammar is not None and not self._fits(message.grammar, ids, finish):
+            self._inbox.put_nowait([Failure(message.uid, 500, "engine_error", f"the grammar forbids {answer!r}")])
+            return
         value = self.logprob_of(message)
         for start in range(0, len(ids), self.per_step):
             await asyncio.sleep(self.step_seconds)
@@ -101,6 +107,15 @@ class ScriptedWorker:
             if batch[-1].finish is not None:
                 self._stopped.add(message.uid)
             self._inbox.put_nowait(list[GPTReply](batch))
+
+    def _fits(self, grammar: str, ids: list[int], finish: FinishReason) -> bool:
+        """Whether the grammar allows `ids` token by token (and, when they end, ends there)."""
+        row = _grammars(self.tok).row(grammar)
+        for token in ids:
+            if not row.allows([token])[0]:
+                return False
+            row.accept(token)
+        return finish == "length" or row.finished
 
 
 @dataclass
@@ -125,6 +140,11 @@ def fake_gpt(script: Script, settings: Settings | None = None, **worker: object)
     routes.register(app)
     install_error_handlers(app)
     return FakeGPT(routes, client, scripted, app)
+
+
+@functools.cache
+def _grammars(tok: PreTrainedTokenizerFast) -> Grammars:
+    return Grammars(tok, len(tok))  # its token table takes half a second: one for every fake
 
 
 def says(text: str) -> Script:

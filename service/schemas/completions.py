@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_vali
 from model.sampling import MAX_LOGPROBS
 from service.schemas.inputs import TextOrIds, check_inputs, split_inputs
 from service.schemas.sampling import Lenient, SamplingRequest
+from service.schemas.structured import StructuredRequest
 
 # Hard caps that hold whatever the model: the model's context bounds prompt + max_tokens at admission.
 MAX_PROMPTS = 16
@@ -26,7 +27,7 @@ MAX_BEST_OF = 20  # OpenAI's bound
 OPENAI_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for the legacy completions API
 
 
-class CompletionRequest(SamplingRequest):
+class CompletionRequest(StructuredRequest, SamplingRequest):
     UNSUPPORTED = ("suffix",)
 
     prompt: TextOrIds = Field(
@@ -103,7 +104,7 @@ class Logprobs(BaseModel):
     text_offset: list[int] = Field(default_factory=list)
 
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "tool_calls"]
 
 
 class CompletionChoice(BaseModel):

@@ -12,11 +12,12 @@ import time
 import uuid
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from model.sampling import MAX_LOGPROBS
-from service.schemas.chat import MAX_CONTENT_CHARS, MAX_MESSAGES, ChatMessage
+from service.schemas.chat import MAX_CONTENT_CHARS, MAX_MESSAGES, ChatMessage, Sparse
 from service.schemas.sampling import Lenient, SamplingRequest
+from service.schemas.structured import GrammarAsk, json_ask
 
 MAX_METADATA = 16  # OpenAI's bounds on metadata: 16 pairs, keys of 64 characters, values of 512
 MAX_OUTPUT_TOKENS = 4096
@@ -72,8 +73,23 @@ class InputItem(Lenient):
         return self.message().unsupported(where)
 
 
-class TextFormat(Lenient):
+class TextFormat(Sparse, Lenient):
+    """`text`, `json_object`, or `json_schema` with its name, schema and strict flag (flat, unlike chat's)."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
     type: str = "text"
+    name: str | None = Field(default=None, max_length=64)
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    def ask(self) -> GrammarAsk | None:
+        if self.type == "json_object":
+            return GrammarAsk("json", {"type": "object"}, "text.format")
+        if self.type == "json_schema" and self.json_schema is not None:
+            return json_ask(self.json_schema, self.strict, "text.format.schema")
+        return None
 
 
 class TextConfig(Lenient):
@@ -164,8 +180,10 @@ class ResponsesRequest(SamplingRequest):
         if self.service_tier not in (None, "auto", "default"):
             return "service_tier", f"service_tier {self.service_tier!r} is not supported by this server"
         text = self.text or TextConfig()
-        if text.format is not None and text.format.type != "text":
-            return "text.format", f"text.format {text.format.type!r} is not supported until structured outputs exist"
+        if text.format is not None and text.format.type not in ("text", "json_object", "json_schema"):
+            return "text.format.type", f"text.format {text.format.type!r} is not supported by this model"
+        if text.format is not None and text.format.type == "json_schema" and text.format.json_schema is None:
+            return "text.format.schema", "a json_schema format needs its schema"
         if text.verbosity not in (None, "medium"):
             return "text.verbosity", "only the default verbosity, 'medium', is supported by this model"
         for i, item in enumerate(self.input):
@@ -173,6 +191,10 @@ class ResponsesRequest(SamplingRequest):
             if found is not None:
                 return found
         return None
+
+    def grammar_ask(self) -> GrammarAsk | None:
+        """The grammar `text.format` asks the output to follow, if any."""
+        return None if self.text is None or self.text.format is None else self.text.format.ask()
 
     def asked_max_tokens(self) -> int | None:
         return self.max_output_tokens

@@ -104,17 +104,21 @@ class Generation:
 class GenerateClient(Protocol):
     """What the HTTP side needs of the GPT (tests pass a scripted fake)."""
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams, deadline: Deadline) -> Generation: ...
+    def generate(
+        self, prompt_ids: list[int], params: SamplingParams, deadline: Deadline, grammar: str | None = None
+    ) -> Generation: ...
 
 
 class GPTClient(ChannelClient[Submit, GPTReply, Generation]):
-    def generate(self, prompt_ids: list[int], params: SamplingParams, deadline: Deadline) -> Generation:
+    def generate(
+        self, prompt_ids: list[int], params: SamplingParams, deadline: Deadline, grammar: str | None = None
+    ) -> Generation:
         """Submit a generation now (so that a full channel is a `WorkerUnavailable` before any answer is sent)."""
         end = self._ensure_open()
         generation = Generation(self, str(uuid.uuid4()))
         self._open[generation.uid] = generation
         try:
-            end.submit(Submit(self.server_index, generation.uid, time.monotonic(), prompt_ids, params))
+            end.submit(Submit(self.server_index, generation.uid, time.monotonic(), prompt_ids, params, grammar))
         except ChannelFull as exc:
             self._open.pop(generation.uid, None)
             raise WorkerUnavailable(str(exc)) from exc

@@ -30,6 +30,7 @@ class Submit(NamedTuple):
     arrival: float  # time.monotonic() at the API server (one clock for every process of a host)
     prompt_ids: list[int]
     params: SamplingParams
+    grammar: str | None = None  # the output's grammar (model/grammar.py), checked by the API server
 
 
 class Cancel(NamedTuple):

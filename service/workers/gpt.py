@@ -1,6 +1,7 @@
 """The GPT worker process: the engine, fed by an intake thread and stepped by an engine thread (one loop, numbered).
 
-1) the intake thread takes `Submit`/`Cancel`/`ServerGone` off the channel into the engine's thread-safe inbox;
+1) the intake thread takes `Submit`/`Cancel`/`ServerGone` off the channel into the engine's thread-safe inbox,
+   compiling a request's grammar there (cached), off the decode thread;
 2) the engine thread, while there is work, runs `engine.prefill()` then `engine.decode()` and after each sends one
    message per API server (a list of `Token`s and `Failure`s); idle, it sleeps on an event the intake sets.
 """
@@ -15,7 +16,8 @@ from typing import cast
 import torch
 
 from model.engine import AdmissionError, Engine, TokenEvent
-from model.gpt import load_gpt
+from model.gpt import load_gpt, load_tokenizer
+from model.grammar import GrammarError, Grammars
 from service import metrics
 from service.runtime.litserve_adapter import ModelWorker, worker_index
 from service.settings import Settings
@@ -29,9 +31,10 @@ logger = logging.getLogger(__name__)
 class EngineLoop:
     """The intake and engine threads of the GPT worker, and what they share about open requests."""
 
-    def __init__(self, engine: Engine, channel: WorkerEnd[GPTRequest, GPTReply]) -> None:
+    def __init__(self, engine: Engine, channel: WorkerEnd[GPTRequest, GPTReply], grammars: Grammars) -> None:
         self.engine = engine
         self.channel = channel
+        self.grammars = grammars
         self._wake = threading.Event()
         # Owned by the engine thread, except that the intake thread adds entries before the engine sees the uid.
         self._routes: dict[str, int] = {}  # uid -> index of the API server that sent it
@@ -61,9 +64,10 @@ class EngineLoop:
         self._routes[item.uid] = item.server_index
         self._arrivals[item.uid] = item.arrival
         try:
-            engine.add_request(item.uid, item.prompt_ids, item.params)
+            constraint = None if item.grammar is None else self.grammars.row(item.grammar)
+            engine.add_request(item.uid, item.prompt_ids, item.params, constraint)
             metrics.get().gpt_prompt_tokens.inc(len(item.prompt_ids))
-        except AdmissionError as exc:
+        except (AdmissionError, GrammarError) as exc:
             # The API server checks the context first, so this only guards against a mismatched model.
             logger.warning("request %s refused at admission: %s", item.uid, exc)
             self._refused.append((item.uid, str(exc)))
@@ -177,7 +181,8 @@ class GPTWorker(ModelWorker):
             max_prefill_tokens=self.settings.gpt_max_prefill_tokens,
         )
         # LitServe sets the worker's index (per API path) before setup; bound before the worker reports ready.
-        self.engine_loop = EngineLoop(self.engine, WorkerEnd(self.address, worker_index()))
+        grammars = Grammars(load_tokenizer(self.settings.gpt_dir), self.engine.vocab_size)
+        self.engine_loop = EngineLoop(self.engine, WorkerEnd(self.address, worker_index()), grammars)
         logger.info("GPT engine ready on %s (%s)", device, next(model.parameters()).dtype)
 
     def threads(self) -> list[threading.Thread]:

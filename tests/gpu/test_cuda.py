@@ -28,7 +28,8 @@ from transformers import GPT2LMHeadModel
 
 from bench.prompts import PASSAGE
 from model.engine import Engine, SamplingParams, TokenEvent
-from model.gpt import GPT_DIR, encode, gpt_config, load_gpt, load_tokenizer
+from model.gpt import GPT_DIR, decode, encode, gpt_config, load_gpt, load_tokenizer
+from model.grammar import Grammars, build_grammar
 from tests.conftest import ServerProcess, start_server
 from tests.helpers import metric_value, sse_events
 
@@ -148,6 +149,27 @@ def test_seeded_sampling_is_batch_invariant_in_fp32(fp32, prompt_ids, params):
     crowded = run(Engine(fp32), crowd(prompt_ids, params))
     assert tokens(crowded["seeded"]) == tokens(alone["seeded"])
     assert len(tokens(alone["seeded"])) == NEW_TOKENS
+
+
+def test_a_grammar_constrains_rows_of_a_bf16_batch(bf16, prompt_ids):
+    """The mask travels to the device: constrained rows follow their schema beside an unconstrained one."""
+    tok = load_tokenizer()
+    grammars = Grammars(tok, len(tok))
+    mood = {"mood": {"enum": ["merry", "sad"]}}
+    schema = {"type": "object", "properties": mood, "required": ["mood"], "additionalProperties": False}
+    grammar = build_grammar("json", schema)
+    engine = Engine(bf16)
+    for i in range(3):
+        params = SamplingParams(max_tokens=16, temperature=1.0, seed=i)
+        engine.add_request(str(i), prompt_ids[i], params, grammars.row(grammar))
+    engine.add_request("free", prompt_ids[3], greedy())
+    events: dict[str, list[TokenEvent]] = {}
+    while engine.has_work():
+        for ev in engine.step():
+            events.setdefault(ev.request_id, []).append(ev)
+    for i in range(3):
+        assert json.loads(decode(tok, tokens(events[str(i)])))["mood"] in {"merry", "sad"}
+    assert len(tokens(events["free"])) == NEW_TOKENS
 
 
 def test_continuous_batching_join_leave_cancel_in_bf16(bf16, prompt_ids):

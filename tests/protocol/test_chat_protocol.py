@@ -135,9 +135,9 @@ def test_chat_logprobs_carry_each_token_its_bytes_and_alternatives():
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),  # OpenAI's default: "auto"
         ({"tool_choice": "auto"}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"top_logprobs": 2}, "top_logprobs"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
@@ -162,7 +162,7 @@ def test_what_this_model_cannot_do_is_a_400_naming_it(extra, param):
     ("body", "param"),
     [
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": "x", "name": ""}]}, "messages.0.name"),
         ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 9, "logprobs": True}, "top_logprobs"),
     ],

@@ -158,7 +158,8 @@ def test_an_error_after_the_start_is_an_error_event_then_response_failed():
         ({"tools": [{"type": "function", "name": "f"}]}, "tools"),
         ({"tool_choice": "auto"}, "tool_choice"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
-        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format"),
+        ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
+        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "objec"}}}}, "text.format.schema"),
         ({"include": ["reasoning.encrypted_content"]}, "include"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"background": True}, "background"),
@@ -174,6 +175,16 @@ def test_what_is_not_implemented_is_a_400_naming_it(extra, param):
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"
     assert not gpt.worker.submitted  # nothing was queued
+
+
+def test_text_format_json_schema_constrains_the_output_and_is_echoed():
+    schema = {"type": "object", "properties": {"mood": {"enum": ["merry", "sad"]}}, "required": ["mood"]}
+    fmt = {"type": "json_schema", "name": "mood", "schema": schema, "strict": True}
+    r, gpt = post({"input": "Speak!", "text": {"format": fmt}}, reply='{"mood": "sad"}')
+    assert r.status_code == 200, r.text
+    assert r.json()["output"][0]["content"][0]["text"] == '{"mood": "sad"}'
+    assert r.json()["text"]["format"] == fmt and gpt.worker.submitted[0].grammar is not None
+    SDKResponse.model_validate(r.json())
 
 
 def test_what_asks_for_nothing_unimplemented_is_accepted():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import jsonschema
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -40,7 +42,17 @@ CHROMIUM_ARGS = [
 PROMPT = "JULIET.\nO Romeo, Romeo"
 STATIC_TYPES = {"app.js": "javascript", "style.css": "text/css", "index.html": "text/html"}
 # The views' modules: served as JavaScript, which a browser requires of a module script.
-MODULES = ["api.js", "ui.js", "complete.js", "tokenizer.js", "pixels.js", "network.js", "attention.js", "embeddings.js"]
+MODULES = [
+    "api.js",
+    "ui.js",
+    "complete.js",
+    "tokenizer.js",
+    "pixels.js",
+    "network.js",
+    "attention.js",
+    "embeddings.js",
+    "constrained.js",
+]
 # The README's pictures of the views, refreshed with TINYSERVE_UPDATE_SCREENSHOT=1.
 VIEW_SHOTS = {"#network": "network.png", "#attention": "attention.png", "#embeddings": "embeddings.png"}
 
@@ -365,3 +377,29 @@ def test_inside_views_in_chromium(browser, base_url, artifacts):
     if UPDATE_DOCS:
         for name in VIEW_SHOTS.values():
             shutil.copy(artifacts / name, REPO / "docs" / name)
+
+
+@needs_chromium
+def test_constrained_view_in_chromium(browser, base_url, artifacts):
+    page, problems = open_page(browser, base_url, viewport={"width": 1280, "height": 900})
+    schema = json.loads(page.input_value("#con-spec"))
+    page.select_option("#con-kind", "choice")
+    page.fill("#con-spec", "Ay\nNo")
+    page.click("#con-run")
+    page.wait_for_function("['Ay', 'No'].includes(document.querySelector('#con-out').textContent)")
+    page.select_option("#con-kind", "json")
+    page.fill("#con-spec", json.dumps(schema))
+    page.click("#con-run")
+    page.wait_for_function("document.querySelector('#con-out').textContent.startsWith('{')")
+    page.wait_for_selector("#con-steps li")
+    reply = json.loads(page.inner_text("#con-out"))
+    jsonschema.validate(reply, schema)  # the page's own schema, kept
+    steps = page.locator("#con-steps li")
+    assert steps.count() >= 4
+    assert page.locator("#con-steps .alt.forbidden").count() > 0  # the mask struck out some likely tokens
+    assert page.locator("#con-steps .alt.chosen.forbidden").count() == 0  # never the one chosen
+    assert "forbidden by the grammar" in page.inner_text("#con-steps")  # said, not only drawn
+    page.locator("#constrained").screenshot(path=str(artifacts / "constrained.png"))
+    assert not problems, problems
+    if UPDATE_DOCS:
+        shutil.copy(artifacts / "constrained.png", REPO / "docs" / "constrained.png")

@@ -55,6 +55,7 @@ class Choice:
     params: SamplingParams
     text: TextStream
     logprobs: list[TokenLogprob] | None = None  # None when not asked for
+    grammar: str | None = None  # what the output must follow (service/api/gpt/structured.py)
     prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's, when asked for: on the first token event
     held: list[TokenLogprob] = field(default_factory=list)  # of tokens whose text is held back
     logprob_sum: float = 0.0  # of the generated tokens that came with a logprob (best_of ranks by the mean)
@@ -109,7 +110,7 @@ class ChoiceRun:
         """Submit every choice; raises `WorkerUnavailable` (having closed what went out) if one cannot go."""
         self.choices = choices
         for c in choices:
-            c.generation = self.client.generate(c.prompt_ids, c.params, deadline)
+            c.generation = self.client.generate(c.prompt_ids, c.params, deadline, c.grammar)
 
     def start(self, choices: list[Choice], deadline: Deadline) -> JSONResponse | None:
         """Submit the choices; None when they run, else the 503 to answer (nothing of the request is left)."""

@@ -18,6 +18,7 @@ from model.gpt import decode
 from service.api.errors import bad_request, out_of_vocabulary
 from service.api.gpt.choices import Choice, Step, TokenLogprob
 from service.api.gpt.served import ServedGPT
+from service.api.gpt.structured import grammar_of
 from service.api.gpt.textstream import TextStream
 from service.api.sse import sse_json
 from service.schemas.completions import (
@@ -56,6 +57,7 @@ class Completions:
         if bad_id is not None:
             raise out_of_vocabulary(bad_id, self.gpt.vocab_size)
         room = 0 if body.max_tokens == 0 else 1  # a prompt only scored may fill the context
+        grammar = grammar_of(body.grammar_ask())
         choices = []
         for p_idx, prompt in enumerate(body.prompts):
             prompt_ids = self.gpt.prompt_ids(prompt, room=room)
@@ -73,6 +75,7 @@ class Completions:
                         params=params,
                         text=TextStream(self.gpt.tok, body.stops, params.min_tokens),
                         logprobs=[] if body.logprobs is not None else None,
+                        grammar=grammar,
                     )
                 )
         return choices

@@ -17,6 +17,7 @@ from service.api.errors import bad_request
 from service.api.gpt.chat import Chat
 from service.api.gpt.choices import Choice, ChoiceRun, Step, TokenLogprob, stream_error
 from service.api.gpt.served import ServedGPT
+from service.api.gpt.structured import grammar_of
 from service.schemas.chat import ChatMessage
 from service.schemas.responses import (
     IncompleteDetails,
@@ -25,7 +26,9 @@ from service.schemas.responses import (
     Response,
     ResponseError,
     ResponsesRequest,
+    ResponseTextConfig,
     ResponseUsage,
+    TextFormat,
 )
 
 
@@ -57,8 +60,9 @@ class Responses:
         if refused is not None:
             param, why = refused
             raise bad_request(why, param, "unsupported_parameter")
+        grammar = grammar_of(body.grammar_ask())
         prompt_ids = self.gpt.prompt_ids(self.chat.render(messages(body)), param="input")
-        return self.chat.reply(body, prompt_ids, 0, logprobs=body.asked_logprobs() is not None)
+        return self.chat.reply(body, prompt_ids, 0, body.asked_logprobs() is not None, grammar)
 
     async def create(self, body: ResponsesRequest, request: Request) -> Any:
         self.gpt.check_model(body.model)
@@ -75,6 +79,7 @@ class Responses:
             temperature=choice.params.temperature,
             top_logprobs=body.top_logprobs,
             top_p=choice.params.top_p,
+            text=ResponseTextConfig(format=body.text.format or TextFormat()) if body.text else ResponseTextConfig(),
         )
         if body.stream:
             return self._stream(run, draft)

@@ -9,6 +9,7 @@ from service.api.gpt.chat import Chat
 from service.api.gpt.completions import Completions
 from service.api.gpt.responses import Responses
 from service.api.gpt.served import ServedGPT
+from service.api.gpt.structured import MaskRoutes
 from service.api.models import ModelRoutes
 
 
@@ -19,6 +20,7 @@ class GPTRoutes:
         self.chat = Chat(gpt)
         self.responses = Responses(gpt, self.chat)
         self.models = ModelRoutes(gpt)
+        self.masks = MaskRoutes(gpt)
 
     def register(self, app: FastAPI) -> None:
         app.add_api_route("/v1/completions", self.completions.create, methods=["POST"])
@@ -28,3 +30,4 @@ class GPTRoutes:
         app.add_api_route("/v1/models/{model_id}", self.models.model_card, methods=["GET"])
         app.add_api_route("/v1/tokenize", self.models.tokenize, methods=["POST"])
         app.add_api_route("/v1/detokenize", self.models.detokenize, methods=["POST"])
+        app.add_api_route("/v1/structured/mask", self.masks.mask, methods=["POST"])

@@ -5,6 +5,7 @@
 import { setUpKeyForm } from "./api.js";
 import * as attention from "./attention.js";
 import * as complete from "./complete.js";
+import * as constrained from "./constrained.js";
 import * as embeddings from "./embeddings.js";
 import * as network from "./network.js";
 import * as pixels from "./pixels.js";
@@ -12,4 +13,4 @@ import * as tokenizer from "./tokenizer.js";
 
 setUpKeyForm();
 // The network view listens for the pad's answers, so it starts before the pad sends its first.
-for (const view of [complete, tokenizer, network, pixels, attention, embeddings]) view.start();
+for (const view of [complete, tokenizer, network, pixels, attention, embeddings, constrained]) view.start();
