@@ -26,8 +26,8 @@ def tok() -> PreTrainedTokenizerFast:
     return load_tokenizer()
 
 
-def greedy(n: int, **kw: int) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0.0, logprobs=5, **kw)
+def greedy(n: int, prompt_logprobs: int | None = None) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0.0, logprobs=5, prompt_logprobs=prompt_logprobs)
 
 
 def reply_of(gpt: GPT2LMHeadModel, prompt: list[int], n: int) -> list[int]:
