@@ -253,8 +253,8 @@ class Engine:
                 self._prefix.load(s.hit[0], s.hit[1], self._kv[:, :, r0 + j])
         lengths = [len(s.prompt) - c for s, c in zip(seqs, starts, strict=True)]
         width = max(lengths)
-        ids = torch.tensor([s.prompt[c:] + [0] * (width - m) for s, c, m in zip(seqs, starts, lengths, strict=True)])
-        ids = ids.to(self._device)
+        padded = [s.prompt[c:] + [0] * (width - m) for s, c, m in zip(seqs, starts, lengths, strict=True)]
+        ids = torch.tensor(padded, device=self._device)
         last = torch.tensor(lengths, device=self._device) - 1
         heads, dim = self._heads
         positions = self._arange[:width].unsqueeze(0)
@@ -423,10 +423,9 @@ class Engine:
             self._live -= ids
         if not dead:
             return
-        for i in dead:  # kept before another row moves in: the tokens whose keys and values the row holds
-            s = self._rows[i]
-            if self._prefix.rows:
-                self._prefix.store(s.prompt + s.output[: s.length - len(s.prompt)], self._kv[:, :, i])
+        for i in dead if self._prefix.rows else ():  # kept before another row moves in
+            s = self._rows[i]  # the tokens whose keys and values the row holds: the last one drawn has none yet
+            self._prefix.store(s.prompt + s.output[: s.length - len(s.prompt)], self._kv[:, :, i])
         keep = len(self._rows) - len(dead)
         holes = sorted(i for i in dead if i < keep)
         movers = [i for i in range(keep, len(self._rows)) if i not in dead]
