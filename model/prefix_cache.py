@@ -21,10 +21,11 @@ class _Entry:
     hashes: list[int] = field(default_factory=list)  # hash of each whole block, chained with the blocks before it
 
 
-def _block_hashes(tokens: list[int], start: int = 0, prev: int | None = None) -> list[int]:
-    """Chained hashes of the whole blocks of `tokens` from block `start`, whose previous hash is `prev`."""
-    out = []
-    for b in range(start, len(tokens) // BLOCK):
+def _block_hashes(tokens: list[int]) -> list[int]:
+    """The hash of each whole block of `tokens`, chained with the hashes before it (one per prefix)."""
+    out: list[int] = []
+    prev: int | None = None
+    for b in range(len(tokens) // BLOCK):
         prev = hash((prev, tuple(tokens[b * BLOCK : (b + 1) * BLOCK])))
         out.append(prev)
     return out
