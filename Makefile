@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve soak bench bench-compare wheels docker-smoke replicas gpu-wheels gpu-check clean distclean
+.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve bench-multiturn soak bench bench-compare wheels docker-smoke replicas gpu-wheels gpu-check clean distclean
 
 .venv: $(STAMP)
 
@@ -47,6 +47,11 @@ bench-engine: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python -m bench.serve
+
+# Multi-turn chats through two servers of this tree, the prefix cache on and off, interleaved (python -m bench.multiturn
+# --help: --url for any server or router).
+bench-multiturn: $(STAMP)
+	$(BIN)/python -m bench.multiturn --compare
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak

@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--requests-per-slot", type=int, default=10)
+    p.add_argument(
+        "--distinct",
+        action="store_true",
+        help="each prompt begins with its own number: no two share a prefix",
+    )
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     tok = load_tokenizer()
@@ -79,16 +84,24 @@ def main(argv: list[str] | None = None) -> None:
             generate.append(generate_tps(prompt_ids, args.max_tokens))
             for c in levels:
                 for name in ("old", "new") if rep % 2 == 0 else ("new", "old"):
-                    cfg = LoadConfig(
-                        url=urls[name], concurrency=c, num_requests=max(8, args.requests_per_slot * c),
-                        prompts=[prompt], max_tokens=args.max_tokens, temperature=0.0, warmup=2,
-                    )  # fmt: skip
-                    runs[name][c].append(asyncio.run(run_load(cfg)))
+                    n = max(8, args.requests_per_slot * c)
+                    # A new number each request, level and repeat: no prompt was seen before (the prefix cache).
+                    prompts = [f"{rep}-{c}-{i} {prompt}" for i in range(n)] if args.distinct else [prompt]
+                    warm = [f"warm-up {rep}-{c} {prompt}"] if args.distinct else [prompt]
+                    for measured, k in ((False, 2), (True, n)):  # the warm-up's prompts are not measured again
+                        cfg = LoadConfig(
+                            url=urls[name], concurrency=c if measured else 1, num_requests=k,
+                            prompts=prompts if measured else warm,
+                            max_tokens=args.max_tokens, temperature=0.0, warmup=0,
+                        )  # fmt: skip
+                        summary = asyncio.run(run_load(cfg))
+                    runs[name][c].append(summary)
                     tps = runs[name][c][-1]["output_throughput"]
                     print(f"[{rep + 1}/{args.repeats}] {name} c={c}: {tps:.0f} tok/s", flush=True)
     med = statistics.median
     print(
-        f"\nthis tree vs {args.base}; prompt {len(prompt_ids)} tokens, {args.max_tokens} new, greedy; {args.repeats}"
+        f"\nthis tree vs {args.base}; prompt {len(prompt_ids)} tokens"
+        f"{' after its own number' if args.distinct else ''}, {args.max_tokens} new, greedy; {args.repeats}"
         f" repeats; {os.cpu_count()} CPUs shared by both servers and this client; generate (batch 1, one thread):"
         f" {med(generate):.0f} tok/s\n"
     )

@@ -9,13 +9,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from model.gpt2_forward import Attend, CachedForward, cached_forward
 from model.logits import Controls, TokenCounts
+from model.prefix_cache import PrefixCache
 from model.sampling import Constraint, SamplingParams, SamplingPlan, params_error
 
 __all__ = ["AdmissionError", "Engine", "PromptLogprob", "SamplingParams", "TokenEvent"]
@@ -51,6 +52,8 @@ class _Seq:
     length: int = 0  # tokens whose keys and values are in the cache
     generated: int = 0
     last_token: int = 0
+    output: list[int] = field(default_factory=list)  # tokens generated so far
+    hit: tuple[int, int] = (-1, 0)  # (prefix cache row, prompt tokens found there) when it was admitted
 
 
 @dataclass
@@ -64,10 +67,17 @@ class _Batch:
 
 
 class Engine:
-    def __init__(self, model: torch.nn.Module, max_batch_size: int = 32, max_prefill_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        max_batch_size: int = 32,
+        max_prefill_tokens: int | None = None,
+        prefix_cache_rows: int = 0,
+    ) -> None:
         """`model`: a Hugging Face causal LM with a cached forward in model/ (GPT-2 today).
         `max_prefill_tokens`: padded prompt tokens one `prefill()` may run (at least one request always joins);
-        None admits every waiting request that has a free slot."""
+        None admits every waiting request that has a free slot. `prefix_cache_rows`: sequences whose keys and values
+        are kept for later prompts that begin with their tokens (model/prefix_cache.py); 0 turns it off."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self._net: CachedForward = cached_forward(model)
@@ -86,6 +96,11 @@ class Engine:
             self._layer_kv = list(self._kv.unbind(0))  # views made once, not on every step
             self._arange = torch.arange(max(self._ctx, max_batch_size), device=self._device)
             self._counts = TokenCounts(max_batch_size, self._vocab, self._device)
+            cache_shape = (net.n_layer, net.n_head, self._ctx, net.head_dim)
+            self._prefix = PrefixCache(prefix_cache_rows, cache_shape, self._dtype, self._device)
+        # Prompt tokens looked up in the prefix cache, and those found there (vLLM's prefix_cache_queries and hits).
+        self.prefix_queries = 0
+        self.prefix_hits = 0
         self._rng = torch.Generator(device=self._device)
         self._rng.seed()  # unseeded requests must differ from one server start to the next
         # Guards _waiting, _cancels and _live, which add_request() and cancel() touch from other threads.
@@ -113,6 +128,11 @@ class Engine:
     @property
     def num_waiting(self) -> int:
         return len(self._waiting)
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """The fraction of the running sequences' cache rows in use (prefix-cache rows can be evicted: free)."""
+        return len(self._rows) / self._max_batch
 
     def has_work(self) -> bool:
         return bool(self._rows or self._waiting or self._cancels)
@@ -154,6 +174,7 @@ class Engine:
             self._live.clear()
             self._rows = []
             self._batch = None
+            self._prefix.clear()  # an entry may have been half written when the step failed
         return dropped
 
     def step(self) -> list[TokenEvent]:
@@ -191,11 +212,16 @@ class Engine:
         width = 0
         while self._waiting and len(self._rows) + len(joining) < self._max_batch:
             nxt = self._waiting[0]
-            padded = (len(joining) + 1) * max(width, len(nxt.prompt))
+            # A scored prompt is prefilled whole: its logprobs need every position's logits.
+            if self._prefix.rows and nxt.params.prompt_logprobs is None:
+                row, n = self._prefix.match(nxt.prompt)
+                nxt.hit = (row, min(n, len(nxt.prompt) - 1))  # at least one token to prefill, for its logits
+            suffix = len(nxt.prompt) - nxt.hit[1]
+            padded = (len(joining) + 1) * max(width, suffix)
             if joining and self._prefill_budget is not None and padded > self._prefill_budget:
                 break
             joining.append(self._waiting.popleft())
-            width = max(width, len(nxt.prompt))
+            width = max(width, suffix)
         return joining
 
     def _validate(self, prompt_ids: Sequence[int], p: SamplingParams) -> None:
@@ -228,27 +254,52 @@ class Engine:
         return self._net(ids, positions, attend, last, every)
 
     def _prefill(self, seqs: list[_Seq]) -> list[TokenEvent]:
-        """All joining prompts in one right-padded forward; each writes its keys and values into a new row."""
+        """All joining prompts in one right-padded forward; each writes its keys and values into a new row, after
+        the prefix the prefix cache held of it (copied in first: only the rest of the prompt runs)."""
         r0, n = len(self._rows), len(seqs)
-        lengths = [len(s.prompt) for s in seqs]
+        starts = [s.hit[1] for s in seqs]
+        for j, s in enumerate(seqs):
+            if s.hit[1]:
+                self._prefix.load(s.hit[0], s.hit[1], self._kv[:, :, r0 + j])
+        lengths = [len(s.prompt) - c for s, c in zip(seqs, starts, strict=True)]
         width = max(lengths)
-        ids = torch.tensor([s.prompt + [0] * (width - len(s.prompt)) for s in seqs], device=self._device)
+        padded = [s.prompt[c:] + [0] * (width - m) for s, c, m in zip(seqs, starts, lengths, strict=True)]
+        ids = torch.tensor(padded, device=self._device)
         last = torch.tensor(lengths, device=self._device) - 1
+        heads, dim = self._heads
+        positions = self._arange[:width].unsqueeze(0)
+        if any(starts):  # each row's tokens at its own positions, attending to its cached prefix too
+            at = torch.tensor(starts, device=self._device).unsqueeze(1) + positions  # [n, width]
+            span = max(c + m for c, m in zip(starts, lengths, strict=True))
+            mask = (self._arange[:span] <= at.unsqueeze(2)).unsqueeze(1)  # [n, 1, width, span]
+            rows = self._arange[r0 : r0 + n].unsqueeze(1)
+            # Padding may run past the context: its writes go to the last position, which no query reads before
+            # decoding overwrites it.
+            positions = at.clamp(max=self._ctx - 1)
 
         def attend(i: int, qkv: torch.Tensor) -> torch.Tensor:
-            heads, dim = self._heads
             q, k, v = qkv.view(n, width, 3, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)  # [n, heads, width, dim]
+            kv = self._layer_kv[i]
             # Padding past a prompt's end is written too; decoding overwrites it before any query can see it.
-            self._layer_kv[i][0, r0 : r0 + n, :, :width] = k
-            self._layer_kv[i][1, r0 : r0 + n, :, :width] = v
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self._scales[i])
+            if not any(starts):
+                kv[0, r0 : r0 + n, :, :width] = k
+                kv[1, r0 : r0 + n, :, :width] = v
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self._scales[i])
+            else:  # the two index tensors put the batch first: [n, width, key/value, head, dim]
+                kv[:, rows, :, positions] = qkv[:, :, heads * dim :].view(n, width, 2, heads, dim)
+                keys, values = kv[:, r0 : r0 + n, :, :span].unbind(0)
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self._scales[i])
             return y.transpose(1, 2).reshape(n * width, heads * dim)
 
         scored = [j for j, s in enumerate(seqs) if s.params.prompt_logprobs is not None]
         every = torch.tensor(scored, device=self._device) if scored else None
-        logits, full = self._forward(ids, self._arange[:width].unsqueeze(0), attend, last, every)
+        logits, full = self._forward(ids, positions, attend, last, every)
         for j, s in enumerate(seqs):
-            s.length = lengths[j]
+            s.length = len(s.prompt)
+            if self._prefix.rows:
+                self._prefix.store(s.prompt, self._kv[:, :, r0 + j])  # found by the prompts that follow it
+                self.prefix_queries += len(s.prompt) if s.params.prompt_logprobs is None else 0
+                self.prefix_hits += s.hit[1]
             if s.params.uses_controls:
                 self._counts.start(r0 + j, s.prompt)
         self._rows.extend(seqs)
@@ -360,6 +411,7 @@ class Engine:
                 continue
             s.generated += 1
             s.last_token = token
+            s.output.append(token)
             finish = None
             if s.constraint is not None:
                 s.constraint.accept(token)
@@ -384,6 +436,9 @@ class Engine:
             self._live -= ids
         if not dead:
             return
+        for i in dead if self._prefix.rows else ():  # kept before another row moves in
+            s = self._rows[i]  # the tokens whose keys and values the row holds: the last one drawn has none yet
+            self._prefix.store(s.prompt + s.output[: s.length - len(s.prompt)], self._kv[:, :, i])
         keep = len(self._rows) - len(dead)
         holes = sorted(i for i in dead if i < keep)
         movers = [i for i in range(keep, len(self._rows)) if i not in dead]

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
         le=65_536,
         description="most (padded) prompt tokens prefilled in one engine step; a longer prompt still runs alone",
     )
+    # One row holds a sequence's keys and values for the whole context (shipped GPT: 1.5 MiB in float32).
+    gpt_prefix_cache_rows: int = Field(
+        default=64,
+        ge=0,
+        le=4096,
+        description="sequences whose keys and values are kept for later prompts that begin alike (0 turns it off)",
+    )
     embeddings_max_batch_size: int = Field(
         default=8, ge=1, le=256, description="most embeddings requests run as one padded forward pass"
     )

@@ -42,6 +42,7 @@ class EngineLoop:
         self._last_token: dict[str, float] = {}
         self._refused: list[tuple[str, str]] = []  # (uid, why): refused at admission, answered by the engine thread
         self._dead_servers: set[int] = set()  # indices of API servers that died (the intake thread's)
+        self._prefix_seen = (0, 0)  # the engine's prefix-cache (queries, hits) already counted
 
     def threads(self) -> list[threading.Thread]:
         return [
@@ -160,6 +161,12 @@ class EngineLoop:
             m.gpt_decode_batch_size.observe(tokens)
         m.gpt_running.set(engine.num_active)
         m.gpt_waiting.set(engine.num_waiting)
+        m.gpt_kv_cache_usage.set(engine.kv_cache_usage)
+        queries, hits = engine.prefix_queries, engine.prefix_hits
+        if queries != self._prefix_seen[0]:  # the engine counts since it started; the counters take the increase
+            m.gpt_prefix_cache_queries.inc(queries - self._prefix_seen[0])
+            m.gpt_prefix_cache_hits.inc(hits - self._prefix_seen[1])
+            self._prefix_seen = (queries, hits)
 
 
 class GPTWorker(ModelWorker):
@@ -179,6 +186,7 @@ class GPTWorker(ModelWorker):
             model,
             max_batch_size=self.settings.gpt_max_batch_size,
             max_prefill_tokens=self.settings.gpt_max_prefill_tokens,
+            prefix_cache_rows=self.settings.gpt_prefix_cache_rows,
         )
         # LitServe sets the worker's index (per API path) before setup; bound before the worker reports ready.
         grammars = Grammars(load_tokenizer(self.settings.gpt_dir), self.engine.vocab_size)

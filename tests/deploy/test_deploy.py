@@ -256,7 +256,7 @@ def test_dashboard_uses_only_exported_metrics() -> None:
     titles = " | ".join(p["title"] for p in json.loads(DASHBOARD.read_text())["panels"])
     for needed in ("Request rate", "Errors", "Time to first token", "Inter-token", "Tokens per second"):
         assert needed in titles
-    for needed in ("Running and waiting", "Decode batch size", "Classifier batch size", "Classifier latency"):
+    for needed in ("Running and waiting", "Decode batch size", "Prefix-cache hit rate", "Classifier batch size"):
         assert needed in titles
 
 

@@ -201,6 +201,18 @@ def test_continuous_batching_join_leave_cancel_in_bf16(bf16, prompt_ids):
         assert_agrees(alone[rid], events[rid], f"request {rid}")
 
 
+def test_prefix_cache_in_bf16_agrees_with_it_off(bf16):
+    """A prompt extending a cached one: the cached keys and values, computed in another forward, give the tokens of
+    a whole prefill, up to a near-tie."""
+    passage = encode(load_tokenizer(), PASSAGE)[:120]
+    engine = Engine(bf16, prefix_cache_rows=4)
+    run(engine, {"first": (passage, greedy())})
+    follow = {"next": (passage + [5, 6, 7], greedy())}
+    got = run(engine, follow)["next"]
+    assert engine.prefix_hits >= len(passage)
+    assert_agrees(run(Engine(bf16), follow)["next"], got, "a prompt with a cached prefix")
+
+
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="torch.cuda.set_sync_debug_mode counts CUDA synchronizations only")
 def test_a_decode_step_syncs_the_device_once(bf16, prompt_ids):
     """The tokens' `.tolist()` is the step's one host sync: sampling, seeds and the cache stay on the device."""

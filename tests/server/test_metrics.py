@@ -115,3 +115,26 @@ def test_batched_apis_record_each_requests_time_in_the_queue(base_url: str) -> N
         before = metric_value(base_url, name, {"api": path})
         assert httpx.post(f"{base_url}{path}", json=body, timeout=60).status_code == 200
         assert metric_value(base_url, name, {"api": path}) - before == 1, path
+
+
+def test_a_conversations_next_turn_is_counted_as_prefix_cache_hits(base_url: str) -> None:
+    def counters() -> tuple[float, float]:
+        names = ("tinyserve_gpt_prefix_cache_queries_total", "tinyserve_gpt_prefix_cache_hits_total")
+        queries, hits = (metric_value(base_url, name, {}) for name in names)
+        return queries, hits
+
+    messages = [
+        {"role": "system", "content": "A room in the castle. Enter OTHELLO and IAGO, talking of the war."},
+        {"role": "user", "content": "Honest Iago, what news from Cyprus?"},
+    ]
+    before = counters()
+    first = httpx.post(f"{base_url}/v1/chat/completions", json={"messages": messages, "max_tokens": 8}, timeout=60)
+    reply = first.json()["choices"][0]["message"]["content"]
+    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Then let us go."}]
+    second = httpx.post(f"{base_url}/v1/chat/completions", json={"messages": messages, "max_tokens": 8}, timeout=60)
+    after = counters()
+    prompts = [r.json()["usage"]["prompt_tokens"] for r in (first, second)]
+    assert after[0] - before[0] == sum(prompts)
+    # The template puts earlier turns first: the whole first prompt is a prefix of the second.
+    assert prompts[0] <= after[1] - before[1] < prompts[1]
+    assert "tinyserve_gpt_kv_cache_usage_perc " in httpx.get(f"{base_url}/metrics").text
