@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve bench-multiturn soak bench bench-compare wheels docker-smoke replicas gpu-wheels gpu-check clean distclean
+.PHONY: .venv serve test lint train-pixels bench-classify train-gpt bench-engine bench-serve bench-multiturn bench-replicas soak bench bench-compare wheels docker-smoke replicas gpu-wheels gpu-check clean distclean
 
 .venv: $(STAMP)
 
@@ -52,6 +52,11 @@ bench-serve: $(STAMP)
 # --help: --url for any server or router).
 bench-multiturn: $(STAMP)
 	$(BIN)/python -m bench.multiturn --compare
+
+# The same chats through two servers of this tree behind a local HAProxy on deploy/haproxy/haproxy.cfg, with affinity
+# (each user sends its id) and round robin (none sent), interleaved (needs haproxy: apt-get install haproxy).
+bench-replicas: $(STAMP)
+	$(BIN)/python -m bench.multiturn --replicas
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak

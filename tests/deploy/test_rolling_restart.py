@@ -3,11 +3,7 @@ nothing (clients stream completions while each replica is stopped with SIGTERM a
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,34 +14,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, ServerProcess, free_port, launch_server, start_server, wait_healthy
+from bench.process import REPLICAS, Balancer, balanced
+from tests.conftest import ServerProcess, launch_server, start_server, wait_healthy
 from tests.helpers import sse_events
 
 pytestmark = pytest.mark.own_server
 
-HAPROXY_CFG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
-REPLICAS = ("replica-1", "replica-2")  # the server names in the cfg
 API_SERVERS = "1"  # one HTTP server a replica: quicker to start, and the cores are few
 CLIENTS = 6
 MAX_TOKENS = 24
 
 
-@dataclass
-class Balancer:
-    url: str
-    stats_url: str
-
-    def states(self) -> dict[str, str]:
-        """Each replica's state as HAProxy's health checks see it: UP, DOWN, or on its way ("UP 1/2", ...)."""
-        text = httpx.get(f"{self.stats_url}/stats;csv", timeout=5).text.removeprefix("# ")
-        rows = csv.DictReader(io.StringIO(text))
-        return {r["svname"]: r["status"] for r in rows if r["pxname"] == "replicas" and r["svname"] in REPLICAS}
-
-    def counters(self) -> dict[str, int]:
-        """The backend's retries and redispatches so far."""
-        text = httpx.get(f"{self.stats_url}/stats;csv", timeout=5).text.removeprefix("# ")
-        (row,) = [r for r in csv.DictReader(io.StringIO(text)) if (r["pxname"], r["svname"]) == ("replicas", "BACKEND")]
-        return {"retries": int(row["wretr"] or 0), "redispatches": int(row["wredis"] or 0)}
+def counters(balancer: Balancer) -> dict[str, int]:
+    """The backend's retries and redispatches so far."""
+    (row,) = [r for r in balancer.stats() if (r["pxname"], r["svname"]) == ("replicas", "BACKEND")]
+    return {"retries": int(row["wretr"] or 0), "redispatches": int(row["wredis"] or 0)}
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
@@ -73,31 +56,13 @@ def replicas(workdir: Path) -> Iterator[list[ServerProcess]]:
 
 @pytest.fixture(scope="module")
 def balancer(replicas: list[ServerProcess], workdir: Path) -> Iterator[Balancer]:
-    """HAProxy on loopback with the shipped file; only its addresses come from the environment."""
+    """HAProxy on loopback with the shipped file (bench.process.balanced); only its addresses come from the
+    environment."""
     binary = shutil.which("haproxy")
     if binary is None:
         pytest.skip("haproxy is not installed (apt install haproxy; .ci/run installs it)")
-    port, stats_port = free_port(), free_port()
-    env = dict(os.environ, HAPROXY_BIND=f"127.0.0.1:{port}", HAPROXY_STATS_BIND=f"127.0.0.1:{stats_port}")
-    env.update({f"REPLICA_{i + 1}": server.url.removeprefix("http://") for i, server in enumerate(replicas)})
-    log = workdir / "haproxy.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([binary, "-db", "-f", str(HAPROXY_CFG)], env=env, stdout=out, stderr=out)
-    balancer = Balancer(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}")
-    try:
-
-        def all_up() -> bool:
-            assert process.poll() is None, log.read_text()
-            try:
-                return set(balancer.states().values()) == {"UP"}
-            except httpx.TransportError:
-                return False
-
-        wait_for(all_up, "both replicas UP in HAProxy", 30)
-        yield balancer
-    finally:
-        process.terminate()
-        process.wait(10)
+    with balanced([server.url for server in replicas], workdir / "haproxy.log", binary) as running:
+        yield running
 
 
 def served_by(balancer: Balancer, headers: dict[str, str], body: dict[str, object] | None = None) -> str:
@@ -190,9 +155,9 @@ def test_a_rolling_restart_loses_no_request(
         stop.set()
         for thread in threads:
             thread.join(90)
-    counters = balancer.counters()
+    counts = counters(balancer)
     with capsys.disabled():
-        print(f"\nrolling restart: {len(done)} streams, {len(failures)} failed, {counters}; " + "; ".join(timings))
+        print(f"\nrolling restart: {len(done)} streams, {len(failures)} failed, {counts}; " + "; ".join(timings))
     assert not failures, failures[:10]
     for name in REPLICAS:
         # A stream was in flight on the replica when it got SIGTERM, and the drain let it finish.
@@ -200,4 +165,4 @@ def test_a_rolling_restart_loses_no_request(
         # Once up again, the replica serves again.
         assert streamed(name, restarted_at[name])(), name
     # Requests did reach a stopping replica and were sent again: the test exercises the retry, not luck.
-    assert counters["retries"] + counters["redispatches"] > 0
+    assert counts["retries"] + counts["redispatches"] > 0
