@@ -167,10 +167,9 @@ def test_a_hundred_dropped_streams_leave_nothing_running_and_no_memory_behind(se
                 await asyncio.sleep(0.1)
             assert metric_value(server.url, RUNNING) == 0
             assert metric_value(server.url, "tinyserve_gpt_requests_waiting") == 0
-            # Each was cancelled, not generated to its end: 200 tokens apiece would be 20,000. A drop is noticed
-            # within a few steps (about 4 tokens on a quiet machine, up to ~40 seen under heavy load): bound it at half.
+            # Each was cancelled, not generated to its end: 200 tokens apiece would be 20,000.
             assert metric_value(server.url, FINISHED, {"finish_reason": "cancelled"}) - cancelled_before == 100
-            assert metric_value(server.url, "tinyserve_gpt_generation_tokens_total") - tokens_before < 100 * 100
+            assert metric_value(server.url, "tinyserve_gpt_generation_tokens_total") - tokens_before < 100 * 20
             grown = rss() / before - 1
             assert grown < 0.10, f"server memory grew {grown:.1%} over 100 dropped streams"
 
