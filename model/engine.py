@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,12 +16,16 @@ import torch.nn.functional as F
 from model.gpt2_forward import Attend, CachedForward, cached_forward
 from model.logits import Controls, TokenCounts
 from model.prefix_cache import PrefixCache
-from model.sampling import Constraint, SamplingParams, SamplingPlan, params_error
+from model.sampling import (
+    Constraint,
+    PromptLogprob,
+    SamplingParams,
+    SamplingPlan,
+    admission_error,
+    prompt_logprobs,
+)
 
 __all__ = ["AdmissionError", "Engine", "PromptLogprob", "SamplingParams", "TokenEvent"]
-
-# One prompt token after the first: its logprob given the tokens before it, and the top-N (token_id, logprob).
-PromptLogprob = tuple[float, list[tuple[int, float]]]
 
 
 @dataclass
@@ -31,9 +34,7 @@ class TokenEvent:
     token_id: int | None  # None only for a finish-only event (cancelled)
     logprob: float | None  # chosen token's log-probability under the raw logits, when logprobs were asked for
     top_logprobs: list[tuple[int, float]] | None  # top-N (token_id, logprob), descending
-    # None while running; "stop" | "length" | "cancelled" on a request's last event ("stop" too when its grammar is
-    # complete)
-    finish_reason: str | None
+    finish_reason: str | None  # None while running; "stop" (a stop token, a complete grammar), "length", "cancelled"
     # On a request's first event when it asked for prompt_logprobs: one entry per prompt token but the first.
     prompt_logprobs: list[PromptLogprob] | None = None
 
@@ -145,7 +146,9 @@ class Engine:
         self, request_id: str, prompt_ids: list[int], params: SamplingParams, constraint: Constraint | None = None
     ) -> None:
         """Queue a request; `constraint`, a grammar compiled by the caller, masks what it forbids at every step."""
-        self._validate(prompt_ids, params)
+        why = admission_error(prompt_ids, params, self._ctx, self._vocab)
+        if why is not None:
+            raise AdmissionError(why)
         generator = None
         if params.seed is not None and not params.greedy:
             generator = torch.Generator(device=self._device)
@@ -224,23 +227,6 @@ class Engine:
             width = max(width, suffix)
         return joining
 
-    def _validate(self, prompt_ids: Sequence[int], p: SamplingParams) -> None:
-        if not prompt_ids:
-            raise AdmissionError("the prompt is empty")
-        if p.max_tokens < (0 if p.prompt_logprobs is not None else 1):
-            raise AdmissionError("max_tokens must be at least 1 (0 only to score the prompt)")
-        if len(prompt_ids) + p.max_tokens > self._ctx:
-            raise AdmissionError(
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the model's context"
-                f" of {self._ctx} tokens"
-            )
-        for name, ids in (("prompt", prompt_ids), ("stop_token_ids", p.stop_token_ids)):
-            if not all(isinstance(t, int) and 0 <= t < self._vocab for t in ids):
-                raise AdmissionError(f"{name} holds token ids outside 0..{self._vocab - 1}")
-        why = params_error(p, self._vocab)
-        if why is not None:
-            raise AdmissionError(why)
-
     def _forward(
         self,
         ids: torch.Tensor,
@@ -306,25 +292,10 @@ class Engine:
         self._batch = None
         prompt_lps = {}
         if every is not None and full is not None:
-            scores = self._prompt_logprobs(full, ids.index_select(0, every), seqs, scored)
+            asks = [(len(seqs[j].prompt), seqs[j].params.prompt_logprobs or 0) for j in scored]
+            scores = prompt_logprobs(full, ids.index_select(0, every), asks)
             prompt_lps = dict(zip(scored, scores, strict=True))
         return self._sample_and_record(logits, self._plan(seqs, r0), r0, prompt_lps=prompt_lps)
-
-    @staticmethod
-    def _prompt_logprobs(
-        logits: torch.Tensor, ids: torch.Tensor, seqs: list[_Seq], scored: list[int]
-    ) -> list[list[PromptLogprob]]:
-        """Each prompt token's logprob after the ones before it, from the prefill's logits [n, width, vocab]."""
-        lp = logits[:, :-1].float().log_softmax(-1)  # position t predicts token t + 1
-        chosen = lp.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2)
-        top, top_ids = lp.topk(max(seqs[j].params.prompt_logprobs or 0 for j in scored), dim=-1)
-        out = []
-        for row, j in enumerate(scored):  # only the requests that asked, once each
-            n, k = len(seqs[j].prompt) - 1, seqs[j].params.prompt_logprobs or 0
-            values, ids_k = top[row, :n, :k].tolist(), top_ids[row, :n, :k].tolist()
-            rows = zip(chosen[row, :n].tolist(), ids_k, values, strict=True)
-            out.append([(c, list(zip(i, v, strict=True))) for c, i, v in rows])
-        return out
 
     def _decode(self) -> list[TokenEvent]:
         batch = self._batch or self._build_batch()

@@ -24,6 +24,8 @@ MAX_LOGPROBS = 5
 MAX_LOGIT_BIAS = 300  # entries a request may bias (OpenAI's limit)
 # Below this a temperature counts as greedy: dividing the logits by it would overflow (vLLM's rule too).
 MIN_TEMPERATURE = 1e-5
+# One prompt token after the first: its logprob given the tokens before it, and the top-N (token_id, logprob).
+PromptLogprob = tuple[float, list[tuple[int, float]]]
 
 
 @dataclass(frozen=True)
@@ -229,8 +231,20 @@ class SamplingPlan:
         return chosen, top, top_ids
 
 
-def params_error(p: SamplingParams, vocab: int) -> str | None:
-    """Why the engine cannot sample with `p` over a vocabulary of `vocab` tokens, or None if it can."""
+def admission_error(prompt_ids: Sequence[int], p: SamplingParams, context: int, vocab: int) -> str | None:
+    """Why the engine cannot serve `prompt_ids` with `p` (its context, its vocabulary of `vocab`), or None if it can."""
+    if not prompt_ids:
+        return "the prompt is empty"
+    if p.max_tokens < (0 if p.prompt_logprobs is not None else 1):
+        return "max_tokens must be at least 1 (0 only to score the prompt)"
+    if len(prompt_ids) + p.max_tokens > context:
+        return (
+            f"prompt ({len(prompt_ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the model's context"
+            f" of {context} tokens"
+        )
+    for name, ids in (("prompt", prompt_ids), ("stop_token_ids", p.stop_token_ids)):
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            return f"{name} holds token ids outside 0..{vocab - 1}"
     if not (math.isfinite(p.temperature) and p.temperature >= 0):
         return "temperature must be a finite number >= 0"
     if p.top_k < 0:
@@ -259,3 +273,18 @@ def params_error(p: SamplingParams, vocab: int) -> str | None:
         if not -100 <= bias <= 100:
             return f"logit_bias of token {token} must be in [-100, 100]"
     return None
+
+
+def prompt_logprobs(logits: torch.Tensor, ids: torch.Tensor, asks: list[tuple[int, int]]) -> list[list[PromptLogprob]]:
+    """Each prompt token's logprob after the ones before it, with its top-k, from a prefill's logits [rows, width,
+    vocab] over `ids` [rows, width]; `asks`: each row's (prompt length, k)."""
+    lp = logits[:, :-1].float().log_softmax(-1)  # position t predicts token t + 1
+    chosen = lp.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2)
+    top, top_ids = lp.topk(max(k for _, k in asks), dim=-1)
+    out = []
+    for row, (length, k) in enumerate(asks):
+        n = length - 1
+        values, ids_k = top[row, :n, :k].tolist(), top_ids[row, :n, :k].tolist()
+        rows = zip(chosen[row, :n].tolist(), ids_k, values, strict=True)
+        out.append([(c, list(zip(i, v, strict=True))) for c, i, v in rows])
+    return out
