@@ -6,8 +6,6 @@ the figures: docs/architecture-engine.md.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -16,14 +14,8 @@ import torch.nn.functional as F
 from model.gpt2_forward import Attend, CachedForward, cached_forward
 from model.logits import Controls, TokenCounts
 from model.prefix_cache import PrefixCache
-from model.sampling import (
-    Constraint,
-    PromptLogprob,
-    SamplingParams,
-    SamplingPlan,
-    admission_error,
-    prompt_logprobs,
-)
+from model.request_queue import RequestQueue
+from model.sampling import Constraint, PromptLogprob, SamplingParams, SamplingPlan, admission_error, prompt_logprobs
 
 __all__ = ["AdmissionError", "Engine", "PromptLogprob", "SamplingParams", "TokenEvent"]
 
@@ -104,11 +96,7 @@ class Engine:
         self.prefix_hits = 0
         self._rng = torch.Generator(device=self._device)
         self._rng.seed()  # unseeded requests must differ from one server start to the next
-        # Guards _waiting, _cancels and _live, which add_request() and cancel() touch from other threads.
-        self._lock = threading.Lock()
-        self._waiting: deque[_Seq] = deque()
-        self._cancels: set[str] = set()
-        self._live: set[str] = set()
+        self._queue: RequestQueue[_Seq] = RequestQueue()
         self._scales = [net.attention_scale(i) for i in range(net.n_layer)]
         self._heads = (net.n_head, net.head_dim)
         self._rows: list[_Seq] = []  # row i of the cache; only step() and reset() touch it
@@ -128,7 +116,7 @@ class Engine:
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting)
+        return len(self._queue)
 
     @property
     def kv_cache_usage(self) -> float:
@@ -136,7 +124,7 @@ class Engine:
         return len(self._rows) / self._max_batch
 
     def has_work(self) -> bool:
-        return bool(self._rows or self._waiting or self._cancels)
+        return bool(self._rows or self._queue or self._queue.has_cancels)
 
     def has_capacity(self) -> bool:
         """Whether a request added now would join at the next step rather than wait."""
@@ -154,30 +142,21 @@ class Engine:
             generator = torch.Generator(device=self._device)
             generator.manual_seed(params.seed)
         seq = _Seq(request_id, list(prompt_ids), params, generator, constraint)
-        with self._lock:
-            if request_id in self._live:
-                raise AdmissionError(f"request id {request_id!r} is already in use")
-            self._live.add(request_id)
-            self._waiting.append(seq)
+        if not self._queue.add(seq):
+            raise AdmissionError(f"request id {request_id!r} is already in use")
 
     def cancel(self, request_id: str) -> None:
-        with self._lock:
-            if request_id in self._live:  # a request that already finished has nothing to cancel
-                self._cancels.add(request_id)
+        self._queue.cancel(request_id)
 
     def reset(self) -> list[str]:
         """Drop every request (after an exception left the state unknown); return the ids dropped.
 
         Call it from the thread that runs step(), never during one.
         """
-        with self._lock:
-            dropped = [s.request_id for s in self._rows] + [s.request_id for s in self._waiting]
-            self._waiting.clear()
-            self._cancels.clear()
-            self._live.clear()
-            self._rows = []
-            self._batch = None
-            self._prefix.clear()  # an entry may have been half written when the step failed
+        dropped = [s.request_id for s in self._rows] + self._queue.clear()
+        self._rows = []
+        self._batch = None
+        self._prefix.clear()  # an entry may have been half written when the step failed
         return dropped
 
     def step(self) -> list[TokenEvent]:
@@ -187,19 +166,14 @@ class Engine:
     @torch.inference_mode()
     def prefill(self) -> list[TokenEvent]:
         """Apply cancels, admit waiting requests (free slots, prefill budget) and return their first tokens."""
-        with self._lock:
-            cancels, self._cancels = self._cancels, set()
-            cancelled = [s.request_id for s in self._waiting if s.request_id in cancels]
-            if cancelled:
-                self._waiting = deque(s for s in self._waiting if s.request_id not in cancels)
+        cancels, cancelled = self._queue.take_cancels()
         dead = {i for i, s in enumerate(self._rows) if s.request_id in cancels}
         # Only requests still here: one that finished since cancel() was called already had its last event.
         cancelled += [self._rows[i].request_id for i in sorted(dead)]
         events = [TokenEvent(rid, None, None, None, "cancelled") for rid in cancelled]
         if cancelled:
             self._remove(dead, set(cancelled))
-        with self._lock:
-            joining = self._admit()
+        joining = self._queue.admit(self._max_batch - len(self._rows), self._prefill_budget, self._to_prefill)
         if joining:
             events += self._prefill(joining)
         return events
@@ -209,23 +183,13 @@ class Engine:
         """One token for every active sequence (none when nothing runs)."""
         return self._decode() if self._rows else []
 
-    def _admit(self) -> list[_Seq]:
-        """Take waiting requests in arrival order while slots are free and the padded prompts fit the budget."""
-        joining: list[_Seq] = []
-        width = 0
-        while self._waiting and len(self._rows) + len(joining) < self._max_batch:
-            nxt = self._waiting[0]
-            # A scored prompt is prefilled whole: its logprobs need every position's logits.
-            if self._prefix.rows and nxt.params.prompt_logprobs is None:
-                row, n = self._prefix.match(nxt.prompt)
-                nxt.hit = (row, min(n, len(nxt.prompt) - 1))  # at least one token to prefill, for its logits
-            suffix = len(nxt.prompt) - nxt.hit[1]
-            padded = (len(joining) + 1) * max(width, suffix)
-            if joining and self._prefill_budget is not None and padded > self._prefill_budget:
-                break
-            joining.append(self._waiting.popleft())
-            width = max(width, suffix)
-        return joining
+    def _to_prefill(self, seq: _Seq) -> int:
+        """The prompt tokens `seq` would prefill: those after the prefix the prefix cache holds of it."""
+        # A scored prompt is prefilled whole: its logprobs need every position's logits.
+        if self._prefix.rows and seq.params.prompt_logprobs is None:
+            row, n = self._prefix.match(seq.prompt)
+            seq.hit = (row, min(n, len(seq.prompt) - 1))  # at least one token to prefill, for its logits
+        return len(seq.prompt) - seq.hit[1]
 
     def _forward(
         self,
@@ -403,8 +367,7 @@ class Engine:
 
     def _remove(self, dead: set[int], ids: set[str]) -> None:
         """Free the rows `dead`: the last live rows move into the holes so rows 0..B-1 stay contiguous."""
-        with self._lock:
-            self._live -= ids
+        self._queue.finished(ids)
         if not dead:
             return
         for i in dead if self._prefix.rows else ():  # kept before another row moves in
