@@ -26,11 +26,26 @@ ORPHAN_TIMEOUT_S = 5.0
 
 
 def running(process: psutil.Process) -> bool:
-    """Still running; a zombie counts as gone (once orphaned, its reaper may be slow to collect it)."""
+    """Still running; a zombie counts as gone (once orphaned, its reaper may be slow to collect it), but only once its
+    other threads have exited too: a leader shows as a zombie while they still tear down and hold its sockets."""
     try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        if not process.is_running():
+            return False
+        return process.status() != psutil.STATUS_ZOMBIE or process.num_threads() > 1
     except psutil.NoSuchProcess:
         return False
+
+
+def listening_on(port: int, timeout: float) -> list[int | None]:
+    """The pids (None where no process shows the socket) still listening on `port` after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == "LISTEN"
+        ]
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
 
 
 def still_running(processes: list[psutil.Process], timeout: float) -> list[str]:
@@ -95,9 +110,7 @@ def test_a_killed_main_process_leaves_no_child_and_frees_the_port(tmp_path):
     # Nothing listens on the port any more, so a new server can take it. (A plain bind may still fail for a while:
     # the killed server's half-closed connections linger in FIN_WAIT2 until the kernel drops them, orphans or not.)
     port = int(server.url.rsplit(":", 1)[1])
-    listening = [
-        c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == "LISTEN"
-    ]
+    listening = listening_on(port, ORPHAN_TIMEOUT_S)
     assert not listening, f"still listening on {port}: {listening}"
     assert_clean_log(server)
 
