@@ -61,7 +61,7 @@ def build_grammar(kind: GrammarKind, spec: Any) -> str:
 class GrammarRow:
     """One sequence's place in its grammar: fills its row of the allowed-token bitmask, takes each chosen token.
 
-    What the engine asks of a constrained row (model/engine.py's `Constraint`)."""
+    What the engine asks of a constrained row (model/sampling.py's `Constraint`)."""
 
     def __init__(self, matcher: llguidance.LLMatcher) -> None:
         self._matcher = matcher

@@ -153,7 +153,6 @@ class MaskRequest(BaseModel):
 
 class MaskedStep(BaseModel):
     allowed: list[bool] = Field(description="For each candidate: whether the grammar allowed it at this step.")
-    chosen_allowed: bool
 
 
 class MaskResponse(BaseModel):

@@ -129,7 +129,7 @@ class MaskRoutes:
             allowed = row.allows(ids)
             if not allowed[0]:
                 raise bad_request("the grammar forbids this token: the steps do not follow it", f"steps.{i}.chosen")
-            steps.append(MaskedStep(allowed=allowed[1:], chosen_allowed=True))
+            steps.append(MaskedStep(allowed=allowed[1:]))
             row.accept(ids[0])
         return MaskResponse(steps=steps)
 
