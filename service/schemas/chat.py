@@ -138,11 +138,9 @@ class ChatCompletionRequest(StructuredRequest, SamplingRequest):
         return None
 
     def _format_refused(self) -> tuple[str, str] | None:
-        fmt = self.response_format
-        if fmt is not None and fmt.type not in ("text", "json_object", "json_schema"):
-            return "response_format.type", f"response_format {fmt.type!r} is not supported by this model"
-        if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is None:
-            return "response_format.json_schema", "a json_schema response format needs its json_schema"
+        refused = None if self.response_format is None else self.response_format.refused()
+        if refused is not None:
+            return refused
         asks = [name for name, ask in self._grammar_asks() if ask is not None]
         if len(asks) > 1:
             return asks[1], f"{asks[0]} and {asks[1]} each constrain the reply: give one"

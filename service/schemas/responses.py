@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 from model.sampling import MAX_LOGPROBS
 from service.schemas.chat import MAX_CONTENT_CHARS, MAX_MESSAGES, ChatMessage, Sparse
 from service.schemas.sampling import Lenient, SamplingRequest
-from service.schemas.structured import GrammarAsk, json_ask
+from service.schemas.structured import GrammarAsk, format_ask, format_refused
 
 MAX_METADATA = 16  # OpenAI's bounds on metadata: 16 pairs, keys of 64 characters, values of 512
 MAX_OUTPUT_TOKENS = 4096
@@ -85,11 +85,10 @@ class TextFormat(Sparse, Lenient):
     strict: bool | None = None
 
     def ask(self) -> GrammarAsk | None:
-        if self.type == "json_object":
-            return GrammarAsk("json", {"type": "object"}, "text.format")
-        if self.type == "json_schema" and self.json_schema is not None:
-            return json_ask(self.json_schema, self.strict, "text.format.schema")
-        return None
+        return format_ask(self.type, self.json_schema, self.strict, "text.format", "text.format.schema")
+
+    def refused(self) -> tuple[str, str] | None:
+        return format_refused(self.type, self.json_schema, "text.format", "text.format.schema")
 
 
 class TextConfig(Lenient):
@@ -180,10 +179,9 @@ class ResponsesRequest(SamplingRequest):
         if self.service_tier not in (None, "auto", "default"):
             return "service_tier", f"service_tier {self.service_tier!r} is not supported by this server"
         text = self.text or TextConfig()
-        if text.format is not None and text.format.type not in ("text", "json_object", "json_schema"):
-            return "text.format.type", f"text.format {text.format.type!r} is not supported by this model"
-        if text.format is not None and text.format.type == "json_schema" and text.format.json_schema is None:
-            return "text.format.schema", "a json_schema format needs its schema"
+        refused = None if text.format is None else text.format.refused()
+        if refused is not None:
+            return refused
         if text.verbosity not in (None, "medium"):
             return "text.verbosity", "only the default verbosity, 'medium', is supported by this model"
         for i, item in enumerate(self.input):

@@ -73,16 +73,36 @@ class ResponseFormat(Lenient):
 
     def ask(self) -> GrammarAsk | None:
         """The grammar this format asks for (None for text); a `type` not known is left to `unsupported`."""
-        if self.type == "json_object":
-            return GrammarAsk("json", {"type": "object"}, "response_format")
-        if self.type == "json_schema" and self.json_schema is not None:
-            return json_ask(self.json_schema.json_schema, self.json_schema.strict, "response_format.json_schema.schema")
-        return None
+        fmt = self.json_schema
+        schema, strict = (fmt.json_schema, fmt.strict) if fmt is not None else (None, None)
+        return format_ask(self.type, schema, strict, "response_format", "response_format.json_schema.schema")
+
+    def refused(self) -> tuple[str, str] | None:
+        return format_refused(self.type, self.json_schema, "response_format", "response_format.json_schema")
 
 
-def json_ask(schema: dict[str, Any], strict: bool | None, param: str) -> GrammarAsk:
-    """A JSON schema's grammar; strict, every object closed, as OpenAI's strict mode requires them."""
-    return GrammarAsk("json", closed(schema) if strict else schema, param)
+FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+def format_ask(
+    kind: str, schema: dict[str, Any] | None, strict: bool | None, param: str, schema_param: str
+) -> GrammarAsk | None:
+    """The grammar an OpenAI output format (chat's `response_format`, the Responses API's `text.format`) asks for:
+    none for text, any object for json_object, its schema for json_schema (strict: every object closed)."""
+    if kind == "json_object":
+        return GrammarAsk("json", {"type": "object"}, param)
+    if kind == "json_schema" and schema is not None:
+        return GrammarAsk("json", closed(schema) if strict else schema, schema_param)
+    return None
+
+
+def format_refused(kind: str, schema: object, param: str, schema_param: str) -> tuple[str, str] | None:
+    """(parameter, why) when an output format cannot be served: a type not known, or json_schema without a schema."""
+    if kind not in FORMAT_TYPES:
+        return f"{param}.type", f"{param} {kind!r} is not supported by this model"
+    if kind == "json_schema" and schema is None:
+        return schema_param, f"a json_schema {param} needs its schema"
+    return None
 
 
 def closed(schema: Any) -> Any:

@@ -160,6 +160,7 @@ def test_an_error_after_the_start_is_an_error_event_then_response_failed():
         ({"reasoning": {"effort": "low"}}, "reasoning"),
         ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
         ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "objec"}}}}, "text.format.schema"),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
         ({"include": ["reasoning.encrypted_content"]}, "include"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"background": True}, "background"),
